@@ -1,0 +1,104 @@
+"""The one execution entry point: `block_sparse_attention(q, k, v, block_mask, ...)`.
+
+Every sparse method ends here. It validates shapes, builds (or reuses) the CSR index of the
+block mask and dispatches: CUDA -> our Triton kernel (FlexAttention until it is present),
+CPU -> the genuinely sparse PyTorch path. `backend=` forces a path (tests, benchmarks).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import torch
+
+from .index import BlockIndex, BlockSize, build_block_index, normalize_block_size, num_blocks
+from .reference import reference_attention
+from .torch_sparse import torch_block_sparse_attention
+
+BACKENDS = ("auto", "triton", "flex", "torch", "reference")
+
+
+def _triton_fn():
+    """Our Triton entry point if its module is importable (Linux + triton installed), else None."""
+    try:
+        mod = importlib.import_module("diffsparse.kernels.triton_attention")
+    except ImportError:
+        return None
+    return getattr(mod, "triton_block_sparse_attention", None)
+
+
+def _validate(q, k, v, index: BlockIndex) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            raise ValueError(f"{name} must be a 4-D tensor (B, H, S, D), got {getattr(t, 'shape', type(t))}")
+    B, H, sq, D = q.shape
+    if k.shape[:2] != (B, H) or v.shape[:2] != (B, H) or k.shape[2] != v.shape[2] or k.shape[3] != D:
+        raise ValueError(f"incompatible shapes q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    sk = k.shape[2]
+    bm, hm, nq, nk = index.mask.shape
+    want = (num_blocks(sq, index.block_q), num_blocks(sk, index.block_k))
+    if (nq, nk) != want or bm not in (1, B) or hm not in (1, H):
+        raise ValueError(
+            f"block_mask shape {tuple(index.mask.shape)} does not fit q/k of lengths {sq}/{sk} with blocks "
+            f"({index.block_q}, {index.block_k}): expected ({{1,{B}}}, {{1,{H}}}, {want[0]}, {want[1]})"
+        )
+
+
+def block_sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    block_mask: torch.Tensor | BlockIndex,
+    *,
+    block_size: BlockSize = 128,
+    scale: float | None = None,
+    return_lse: bool = False,
+    backend: str = "auto",
+):
+    """Attention computing only the kept blocks of `block_mask`.
+
+    Args:
+        q: `(B, H, Sq, D)`; k, v: `(B, H, Sk, D)`; fp16, bf16 or fp32. Sq, Sk need not be block multiples.
+        block_mask: bool `(B or 1, H or 1, ceil(Sq/bq), ceil(Sk/bk))`, or a prebuilt `BlockIndex`
+            (reuse it across layers and steps to skip rebuilding the CSR lists).
+        block_size: int or `(bq, bk)`; ignored when `block_mask` is a `BlockIndex`.
+        scale: softmax scale, default `1/sqrt(D)`.
+        return_lse: also return lse `(B, H, Sq)` float32, natural-log softmax denominator of the
+            scaled logits. A query row with no kept block gets out = 0 and lse = -inf.
+        backend: "auto" | "triton" | "flex" | "torch" | "reference".
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    if isinstance(block_mask, BlockIndex):
+        index = block_mask
+    else:
+        normalize_block_size(block_size)
+        if not isinstance(block_mask, torch.Tensor) or block_mask.dtype != torch.bool:
+            raise ValueError(f"block_mask must be a bool tensor, got {getattr(block_mask, 'dtype', type(block_mask))}")
+        index = build_block_index(block_mask, block_size)
+    _validate(q, k, v, index)
+    index = index.to(q.device)
+
+    if backend == "auto":
+        if q.is_cuda:
+            backend = "triton" if _triton_fn() is not None else "flex"
+        elif os.environ.get("TRITON_INTERPRET") == "1" and os.environ.get("DIFFSPARSE_CPU_TRITON") == "1":
+            backend = "triton"
+        else:
+            backend = "torch"
+    if backend == "triton":
+        fn = _triton_fn()
+        if fn is None:
+            raise RuntimeError("backend='triton' requested but diffsparse.kernels.triton_attention is unavailable")
+        return fn(q, k, v, index, scale=scale, return_lse=return_lse)
+    if backend == "flex":
+        from .flex import flex_block_sparse_attention
+
+        return flex_block_sparse_attention(q, k, v, index, scale=scale, return_lse=return_lse)
+    if backend == "reference":
+        return reference_attention(
+            q, k, v, index.mask, (index.block_q, index.block_k), scale=scale, return_lse=return_lse,
+            compute_dtype=torch.float64 if q.device.type == "cpu" else torch.float32,
+        )
+    return torch_block_sparse_attention(q, k, v, index, scale=scale, return_lse=return_lse)

@@ -1,0 +1,53 @@
+"""Conversion of a `BlockIndex` to FlexAttention's `BlockMask`, and a FlexAttention executor.
+
+Used as the CUDA path where our Triton kernel is not available, and by the benchmarks to run
+FlexAttention on exactly the same layout as ours.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .index import BlockIndex, num_blocks
+
+
+def to_flex_block_mask(index: BlockIndex, B: int, H: int, sq: int, sk: int):
+    """`BlockMask` computing exactly the kept blocks of `index` for q/k lengths `sq`/`sk`."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    nq, nk = num_blocks(sq, index.block_q), num_blocks(sk, index.block_k)
+    counts = index.counts.expand(B, H, nq).contiguous()
+    indices = torch.zeros(B, H, nq, nk, dtype=torch.int32, device=counts.device)
+    width = index.indices.shape[-1]
+    indices[..., :width] = index.indices.expand(B, H, nq, width)
+
+    dense = index.mask.expand(B, H, nq, nk)
+    bq, bk = index.block_q, index.block_k
+
+    # The block lists make compiled flex skip dropped blocks; the mask_mod must still state the
+    # full mask, since eager flex and partial tail blocks evaluate it token by token.
+    def in_layout(b, h, q_idx, kv_idx):
+        return dense[b, h, q_idx // bq, kv_idx // bk] & (kv_idx < sk)
+
+    return BlockMask.from_kv_blocks(
+        counts, indices, BLOCK_SIZE=(index.block_q, index.block_k), mask_mod=in_layout, seq_lengths=(sq, sk)
+    )
+
+
+def flex_block_sparse_attention(q, k, v, index: BlockIndex, scale=None, return_lse=False, compiled_fn=None):
+    """Run FlexAttention over the layout. `compiled_fn` lets callers pass a `torch.compile`d flex_attention."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    fn = compiled_fn or flex_attention
+    B, H, sq, _ = q.shape
+    bm = to_flex_block_mask(index, B, H, sq, k.shape[2])
+    if not return_lse:
+        return fn(q, k, v, block_mask=bm, scale=scale)
+    from torch.nn.attention.flex_attention import AuxRequest
+
+    out, aux = fn(q, k, v, block_mask=bm, scale=scale, return_aux=AuxRequest(lse=True))
+    lse = aux.lse
+    # Make fully-masked rows exactly (out 0, lse -inf), the contract of every backend.
+    empty = torch.isinf(lse) | (bm.kv_num_blocks.expand(B, H, -1).repeat_interleave(index.block_q, -1)[..., :sq] == 0)
+    out = torch.where(empty.unsqueeze(-1), torch.zeros_like(out), out)
+    return out, torch.where(empty, float("-inf"), lse.float())
