@@ -1,0 +1,28 @@
+"""diffsparse: sparse attention for Diffusers video and image diffusion transformers.
+
+    handle = diffsparse.enable_sparse_attention(pipe, method="radial")
+    video = pipe(...).frames[0]
+    handle.stats()["density"]
+    diffsparse.disable_sparse_attention(pipe)
+"""
+
+from .api import disable_sparse_attention, enable_sparse_attention, get_handle, sparse_attention
+from .geometry import Grid
+from .handle import SparseHandle
+from .kernels import BlockIndex, block_sparse_attention, build_block_index
+from .methods import list_methods
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BlockIndex",
+    "Grid",
+    "SparseHandle",
+    "block_sparse_attention",
+    "build_block_index",
+    "disable_sparse_attention",
+    "enable_sparse_attention",
+    "get_handle",
+    "list_methods",
+    "sparse_attention",
+]

@@ -1,0 +1,174 @@
+"""Public API: enable / disable / scoped sparse attention on a pipeline or a bare transformer."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any, Iterator, List, Tuple
+
+import torch
+
+from .handle import Settings, SparseHandle
+from .hooks import StepTrackerHook, install_hook, remove_hook
+from .kernels import BACKENDS, normalize_block_size
+from .methods import get_method
+from .pipelines import find_adapter, supported_models
+
+logger = logging.getLogger("diffsparse")
+
+_HANDLE_ATTR = "_diffsparse_handle"
+_SHARED = ("dense_steps", "dense_layers", "block_size", "backend")
+
+
+def _transformers(pipe: Any) -> List[torch.nn.Module]:
+    """The denoisers to patch: a bare transformer, or `pipe.transformer` (+ `transformer_2`, Wan 2.2)."""
+    if isinstance(pipe, torch.nn.Module):
+        return [pipe]
+    found = [getattr(pipe, name, None) for name in ("transformer", "transformer_2")]
+    found = [t for t in found if isinstance(t, torch.nn.Module)]
+    if not found:
+        raise TypeError(
+            f"unsupported pipeline {type(pipe).__name__}: it has no `transformer`; diffsparse supports pipelines "
+            f"built on {supported_models()} and those transformers themselves"
+        )
+    return found
+
+
+def _validate_shared(opts: dict, has_scheduler: bool) -> Settings:
+    ds = opts["dense_steps"]
+    if isinstance(ds, bool) or not isinstance(ds, (int, float)) or ds < 0:
+        raise ValueError(f"dense_steps must be an int >= 0 or a fraction in [0, 1), got {ds!r}")
+    if isinstance(ds, float):
+        if ds >= 1.0:
+            raise ValueError(f"dense_steps as a fraction must be in [0, 1), got {ds!r}; pass an int for a step count")
+        if not has_scheduler and ds > 0:
+            raise ValueError(
+                f"dense_steps={ds!r} is a fraction of the pipeline's steps, but a bare transformer has no scheduler; "
+                "pass an int number of steps"
+            )
+    dl = opts["dense_layers"]
+    if isinstance(dl, bool) or not isinstance(dl, int) or dl < 0:
+        raise ValueError(f"dense_layers must be an int >= 0, got {dl!r}")
+    if opts["backend"] not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {opts['backend']!r}")
+    return Settings(ds, dl, normalize_block_size(opts["block_size"]), opts["backend"])
+
+
+def enable_sparse_attention(pipe: Any, method: str = "radial", **options: Any) -> SparseHandle:
+    """Replace dense self-attention by `method` in a Diffusers pipeline or transformer.
+
+    Args:
+        pipe: a Wan / Wan 2.2 / HunyuanVideo / FLUX pipeline, or a `WanTransformer3DModel`,
+            `HunyuanVideoTransformer3DModel` or `FluxTransformer2DModel`.
+        method: one of `list_methods()`.
+        **options: shared - `dense_steps` (leading denoising steps run dense; int, or a fraction
+            of the pipeline's steps), `dense_layers` (leading blocks run dense), `block_size`
+            (int or (bq, bk)), `backend` (kernel path); plus the method's own options. Omitted
+            options take the model family's preset.
+
+    Returns the handle (`stats()`, `reset()`). Enabling again replaces the previous configuration.
+    Everything is validated before the model is touched; on failure the model is left as it was.
+    """
+    method_cls = get_method(method)
+    transformers = _transformers(pipe)
+    adapters = {find_adapter(t) for t in transformers}
+    if len(adapters) != 1:
+        raise TypeError(f"pipeline mixes transformer kinds {[type(t).__name__ for t in transformers]}")
+    adapter = adapters.pop()
+    family = adapter.family
+    method_opts = {k: v for k, v in options.items() if k not in _SHARED}
+    instance = method_cls(family, **method_opts)  # raises on unknown/invalid options
+    preset = method_cls.presets.get(family, {})
+    shared = {"dense_steps": 0, "dense_layers": 0, "block_size": 128, "backend": "auto"}
+    shared.update({k: preset[k] for k in _SHARED if k in preset})
+    explicit = {k: options[k] for k in _SHARED if k in options}
+    has_scheduler = getattr(getattr(pipe, "scheduler", None), "set_timesteps", None) is not None
+    if not has_scheduler and isinstance(shared["dense_steps"], float) and "dense_steps" not in explicit:
+        logger.warning("diffsparse: bare transformer, preset dense_steps fraction ignored; pass dense_steps=N")
+        shared["dense_steps"] = 0
+    shared.update(explicit)
+    settings = _validate_shared(shared, has_scheduler)
+
+    modules: List[Tuple[torch.nn.Module, Any]] = []
+    for t in transformers:
+        for module in adapter.self_attention_modules(t):
+            proc = module.get_processor() if hasattr(module, "get_processor") else module.processor
+            if _owner(proc) is not None:
+                proc = None  # ours, from a previous enable: the stock one is restored below
+            elif type(proc) is not adapter.stock_processor:
+                raise TypeError(
+                    f"{type(module).__name__} uses processor {type(proc).__name__}; diffsparse patches only the stock "
+                    f"{adapter.stock_processor.__name__} (disable other attention plug-ins first)"
+                )
+            elif getattr(proc, "_parallel_config", None) is not None:
+                raise NotImplementedError("diffsparse does not yet run under Diffusers context parallelism")
+            modules.append((module, proc))
+
+    disable_sparse_attention(pipe)  # replace any previous configuration
+    modules = [(m, p if p is not None else _current_processor(m)) for m, p in modules]
+
+    n_layers = len(modules) // len(transformers)
+    handle = SparseHandle(instance, settings, family, transformers, pipe=None if pipe in transformers else pipe)
+    handle.num_layers = n_layers
+    try:
+        for t in transformers:
+            hook = StepTrackerHook(handle.state, adapter.read_context, handle.on_pipeline_reset)
+            install_hook(t, hook)
+        for i, (module, original) in enumerate(modules):
+            handle.originals.append((module, original))
+            proc = adapter.make_processor(handle, i % n_layers)
+            proc._attention_backend = getattr(original, "_attention_backend", None)
+            proc._parallel_config = getattr(original, "_parallel_config", None)
+            module.set_processor(proc)
+        for t in transformers:
+            setattr(t, _HANDLE_ATTR, handle)
+    except Exception:
+        _restore(handle)
+        raise
+    return handle
+
+
+def _current_processor(module: torch.nn.Module) -> Any:
+    return module.get_processor() if hasattr(module, "get_processor") else module.processor
+
+
+def _owner(processor: Any) -> Any:
+    return getattr(processor, "handle", None) if hasattr(processor, "layer") else None
+
+
+def _restore(handle: SparseHandle) -> None:
+    for module, original in reversed(handle.originals):
+        module.set_processor(original)
+    handle.originals.clear()
+    for t in handle.transformers:
+        remove_hook(t)
+        if getattr(t, _HANDLE_ATTR, None) is handle:
+            delattr(t, _HANDLE_ATTR)
+    handle.active = False
+
+
+def disable_sparse_attention(pipe: Any) -> None:
+    """Restore the original processors and remove the hooks; a no-op if sparse attention is not enabled."""
+    for t in _transformers(pipe):
+        handle = getattr(t, _HANDLE_ATTR, None)
+        if handle is not None:
+            _restore(handle)
+
+
+def get_handle(pipe: Any) -> SparseHandle | None:
+    """The active handle of a pipeline or transformer, if any."""
+    for t in _transformers(pipe):
+        handle = getattr(t, _HANDLE_ATTR, None)
+        if handle is not None:
+            return handle
+    return None
+
+
+@contextlib.contextmanager
+def sparse_attention(pipe: Any, method: str = "radial", **options: Any) -> Iterator[SparseHandle]:
+    """`with sparse_attention(pipe, method="grat") as handle: ...` - enabled inside, restored after."""
+    handle = enable_sparse_attention(pipe, method, **options)
+    try:
+        yield handle
+    finally:
+        disable_sparse_attention(pipe)

@@ -1,0 +1,231 @@
+"""The handle returned by `enable_sparse_attention`: settings, caches, stats, and the attend step.
+
+Every patched processor calls `handle.attend(...)` with q/k/v `(B, S, H, D)`; the handle decides
+dense or sparse for this layer and step, builds (once, cached on the handle) the plan for the
+call's geometry and runs it. All state lives here - nothing in module or class globals.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+
+from .geometry import Grid, TokenSpans
+from .hooks import StepState
+from .kernels import block_sparse_attention
+from .methods.base import SparseMethod
+from .plan import Plan, build_plan
+
+logger = logging.getLogger("diffsparse")
+
+
+@dataclass
+class LayerStats:
+    sparse_calls: int = 0
+    dense_calls: int = 0
+    kept_blocks: int = 0  # summed over batch x heads
+    total_blocks: int = 0
+    last_forward: int = -1
+
+    def as_dict(self) -> Dict[str, Any]:
+        density = self.kept_blocks / self.total_blocks if self.total_blocks else None
+        return {"density": density, "sparse_calls": self.sparse_calls, "dense_calls": self.dense_calls}
+
+
+@dataclass
+class Settings:
+    """Options shared by every method (validated by the API)."""
+
+    dense_steps: int | float = 0  # int: leading steps; float in [0, 1): fraction of the pipeline's steps
+    dense_layers: int = 0
+    block_size: Tuple[int, int] = (128, 128)
+    backend: str = "auto"
+
+
+@dataclass
+class SparseHandle:
+    """Live sparse-attention configuration of one pipeline or transformer."""
+
+    method: SparseMethod
+    settings: Settings
+    family: str
+    transformers: List[torch.nn.Module]
+    pipe: Any = None
+    state: StepState = field(default_factory=StepState)
+    originals: List[Tuple[torch.nn.Module, Any]] = field(default_factory=list)
+    num_layers: int = 0
+    active: bool = True
+    _layouts: Dict[Tuple, Tuple[Optional[torch.Tensor], torch.Tensor]] = field(default_factory=dict, repr=False)
+    _plans: Dict[Tuple, Plan] = field(default_factory=dict, repr=False)
+    _layer_stats: Dict[int, LayerStats] = field(default_factory=dict, repr=False)
+    _fallbacks: Dict[str, int] = field(default_factory=dict, repr=False)
+    _num_steps: Optional[int] = None
+
+    # ---------------------------------------------------------------- decisions
+    def dense_step_count(self) -> int:
+        ds = self.settings.dense_steps
+        if isinstance(ds, int):
+            return ds
+        if self._num_steps is None:
+            self._num_steps = self._pipeline_steps()
+        return int(round(ds * self._num_steps)) if self._num_steps else 0
+
+    def _pipeline_steps(self) -> Optional[int]:
+        timesteps = getattr(getattr(self.pipe, "scheduler", None), "timesteps", None)
+        return None if timesteps is None else len(timesteps)
+
+    def runs_dense(self, layer: int) -> bool:
+        return layer < self.settings.dense_layers or self.state.step < self.dense_step_count()
+
+    # ---------------------------------------------------------------- plans
+    def video_layout(self, grid: Grid) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
+        bq, bk = self.settings.block_size
+        key = (self.method.key, grid, bq, bk)
+        if key not in self._layouts:
+            self._layouts[key] = self.method.video_layout(grid, bq, bk)
+        return self._layouts[key]
+
+    def plan(self, spans: TokenSpans, key_text: Optional[torch.Tensor], device: torch.device) -> Plan:
+        """Plan for one call geometry; cached per (method, grid, text, key text, blocks, device)."""
+        bq, bk = self.settings.block_size
+        kt = None if key_text is None else tuple(key_text.tolist())
+        key = (self.method.key, spans, kt, bq, bk, str(device))
+        if key not in self._plans:
+            order, vmask = self.video_layout(spans.grid)
+            self._plans[key] = build_plan(order, vmask, spans, key_text, bq, bk).to(device)
+        return self._plans[key]
+
+    # ---------------------------------------------------------------- execution
+    def attend(
+        self,
+        layer: int,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        *,
+        text_len: int,
+        text_first: bool,
+        key_mask: Optional[torch.Tensor],
+        dense: Callable[[], torch.Tensor],
+    ) -> torch.Tensor:
+        """Attention for one self-attention call. q/k/v `(B, S, H, D)` in model order -> `(B, S, H, D)`.
+
+        `dense` runs the stock attention (used for dense layers/steps and for fallbacks).
+        """
+        if self.runs_dense(layer):
+            self._record(layer, dense=True)
+            return dense()
+        groups, reason = self._geometry(q, text_len, text_first, key_mask)
+        if reason is not None:
+            self._fallback(reason)
+            self._record(layer, dense=True)
+            return dense()
+        out = q.new_empty(q.shape[:3] + (v.shape[-1],)) if len(groups) > 1 else None
+        kept = total = 0
+        for rows, spans, key_text in groups:
+            plan = self.plan(spans, key_text, q.device)
+            qg, kg, vg = (x if rows is None else x[rows] for x in (q, k, v))
+            og = run_plan(plan, qg, kg, vg, self.settings.backend)
+            heads_factor = q.shape[2] // plan.index.mask.shape[1]
+            kept += plan.kept_blocks * heads_factor * qg.shape[0]
+            total += plan.total_blocks * heads_factor * qg.shape[0]
+            if out is None:
+                out = og
+            else:
+                out[rows] = og
+        self._record(layer, dense=False, kept=kept, total=total)
+        return out
+
+    def _geometry(self, q, text_len, text_first, key_mask):
+        """Split the batch by usable text keys. Returns ([(rows, spans, key_text)], fallback reason)."""
+        grid = self.state.grid
+        if grid is None:
+            return [], self.state.geometry_error or "latent grid unknown (transformer called without the hook?)"
+        if q.shape[1] != grid.numel + text_len:
+            return [], f"sequence of {q.shape[1]} tokens does not match grid {grid.dims} + {text_len} text tokens"
+        spans = TokenSpans(grid, text_len, text_first)
+        if key_mask is None:
+            return [(None, spans, None)], None
+        if key_mask.dtype != torch.bool or key_mask.numel() != q.shape[0] * q.shape[1]:
+            return [], f"attention mask of shape {tuple(key_mask.shape)} / {key_mask.dtype} is not a bool key mask"
+        keys = key_mask.reshape(q.shape[0], q.shape[1])
+        video = keys[:, spans.video_offset : spans.video_offset + spans.video_len]
+        if not bool(video.all()):
+            return [], "attention mask hides video tokens"
+        text = keys[:, spans.text_offset : spans.text_offset + text_len]
+        if bool(text.all()):
+            return [(None, spans, None)], None
+        groups = []
+        patterns, inverse = torch.unique(text, dim=0, return_inverse=True)
+        for i in range(patterns.shape[0]):
+            rows = torch.nonzero(inverse == i).flatten()
+            key_text = torch.nonzero(patterns[i]).flatten().cpu()
+            groups.append((None if patterns.shape[0] == 1 else rows, spans, key_text))
+        return groups, None
+
+    # ---------------------------------------------------------------- bookkeeping
+    def _record(self, layer: int, dense: bool, kept: int = 0, total: int = 0) -> None:
+        st = self._layer_stats.setdefault(layer, LayerStats())
+        if st.last_forward == self.state.forward_id:
+            return  # a gradient-checkpointing recompute of a call already counted
+        st.last_forward = self.state.forward_id
+        if dense:
+            st.dense_calls += 1
+        else:
+            st.sparse_calls += 1
+            st.kept_blocks += kept
+            st.total_blocks += total
+
+    def _fallback(self, reason: str) -> None:
+        if reason not in self._fallbacks:
+            logger.warning("diffsparse: running dense attention because %s", reason)
+        self._fallbacks[reason] = self._fallbacks.get(reason, 0) + 1
+
+    def on_pipeline_reset(self) -> None:
+        """Called by the hook at the end of each pipeline call."""
+        self._num_steps = None
+
+    def reset(self) -> None:
+        """Start a new generation by hand (bare transformers): step counter and per-call caches."""
+        self.state.reset()
+        self.on_pipeline_reset()
+
+    def stats(self) -> Dict[str, Any]:
+        """Achieved density (fraction of attention blocks computed in sparse calls) overall and per layer.
+
+        Counts accumulate over calls until `reset_stats()`. `density` is None before any sparse call.
+        """
+        kept = sum(s.kept_blocks for s in self._layer_stats.values())
+        total = sum(s.total_blocks for s in self._layer_stats.values())
+        return {
+            **self.method.describe(),
+            "family": self.family,
+            "dense_steps": self.settings.dense_steps,
+            "dense_layers": self.settings.dense_layers,
+            "block_size": self.settings.block_size,
+            "density": kept / total if total else None,
+            "sparse_calls": sum(s.sparse_calls for s in self._layer_stats.values()),
+            "dense_calls": sum(s.dense_calls for s in self._layer_stats.values()),
+            "layers": {i: s.as_dict() for i, s in sorted(self._layer_stats.items())},
+            "fallbacks": dict(self._fallbacks),
+        }
+
+    def reset_stats(self) -> None:
+        self._layer_stats.clear()
+        self._fallbacks.clear()
+
+
+def run_plan(plan: Plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+    """Execute a plan on q/k/v `(B, S, H, D)` in model order; returns `(B, S, H, D)` in model order."""
+    qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    if plan.q_order is not None:
+        qh = qh.index_select(2, plan.q_order)
+    if plan.k_order is not None:
+        kh, vh = kh.index_select(2, plan.k_order), vh.index_select(2, plan.k_order)
+    out = block_sparse_attention(qh, kh, vh, plan.index, backend=backend)
+    if plan.q_inverse is not None:
+        out = out.index_select(2, plan.q_inverse)
+    return out.transpose(1, 2)

@@ -1,0 +1,55 @@
+"""What a model adapter knows: which modules are self-attention, how to read the grid, which processor to use.
+
+Adapters know models and nothing about sparsity; their processors hand q/k/v to `handle.attend`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Dict, List, Optional, Tuple
+
+import torch
+
+from ..geometry import Grid
+
+
+class ModelAdapter:
+    """One model family. Subclasses fill the class attributes and the three methods."""
+
+    family: ClassVar[str]
+    #: the transformer class this adapter handles
+    transformer_class: ClassVar[type]
+    #: the stock processor class a patched module must currently use
+    stock_processor: ClassVar[type]
+
+    @classmethod
+    def matches(cls, transformer: torch.nn.Module) -> bool:
+        return isinstance(transformer, cls.transformer_class)
+
+    @staticmethod
+    def self_attention_modules(transformer: torch.nn.Module) -> List[torch.nn.Module]:
+        """Self-attention modules in execution order (their position is the layer index)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def read_context(transformer: torch.nn.Module, args: Dict[str, Any]) -> Tuple[Optional[Grid], Any, int]:
+        """(grid, timestep, text length) from the transformer's bound forward arguments."""
+        raise NotImplementedError
+
+    @staticmethod
+    def make_processor(handle: Any, layer: int) -> Any:
+        raise NotImplementedError
+
+
+def video_grid(hidden_states: torch.Tensor, patch: Tuple[int, int, int]) -> Grid:
+    """Grid of a `(B, C, F, H, W)` latent after a `(pt, ph, pw)` patchify."""
+    if hidden_states is None or hidden_states.dim() != 5:
+        raise ValueError(f"expected video latents (B, C, F, H, W), got {getattr(hidden_states, 'shape', None)}")
+    _, _, f, h, w = hidden_states.shape
+    return Grid(f // patch[0], h // patch[1], w // patch[2])
+
+
+def copy_dispatch_settings(src: Any, dst: Any) -> Any:
+    """Keep the stock processor's attention backend (and parallel config) on our processor."""
+    dst._attention_backend = getattr(src, "_attention_backend", None)
+    dst._parallel_config = getattr(src, "_parallel_config", None)
+    return dst

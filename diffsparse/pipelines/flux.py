@@ -1,0 +1,87 @@
+"""FLUX: joint attention over `[text ; image]`; single-stream blocks cannot see where text ends,
+so the hook reads it from `encoder_hidden_states` / `txt_ids` and the processor asks the state."""
+
+from __future__ import annotations
+
+import torch
+from diffusers.models.attention_dispatch import dispatch_attention_fn
+from diffusers.models.embeddings import apply_rotary_emb
+from diffusers.models.transformers.transformer_flux import (
+    FluxAttnProcessor,
+    FluxTransformer2DModel,
+    _get_qkv_projections,
+)
+
+from ..geometry import Grid
+from .base import ModelAdapter
+
+
+def image_grid(img_ids: torch.Tensor) -> Grid:
+    """Grid `(1, H', W')` from FLUX `img_ids` `(S, 3)` whose rows/cols (ids[:, 1:]) form a raster."""
+    if img_ids is None:
+        raise ValueError("FLUX transformer called without img_ids")
+    ids = img_ids[0] if img_ids.dim() == 3 else img_ids
+    rows, cols = ids[:, 1].long(), ids[:, 2].long()
+    h, w = int(rows.max()) + 1, int(cols.max()) + 1
+    n = ids.shape[0]
+    pos = torch.arange(n, device=ids.device)
+    if n != h * w or not (torch.equal(rows, pos // w) and torch.equal(cols, pos % w)):
+        raise ValueError(f"image tokens ({n}) are not one {h}x{w} raster (e.g. extra conditioning images)")
+    return Grid(1, h, w)
+
+
+class FluxSparseProcessor(FluxAttnProcessor):
+    """Stock FLUX attention with the attention call routed through the handle."""
+
+    def __init__(self, handle, layer: int) -> None:
+        super().__init__()
+        self.handle, self.layer = handle, layer
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
+        query, key, value, eq, ek, ev = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
+        query, key, value = (x.unflatten(-1, (-1, attn.head_dim)) for x in (query, key, value))
+        query, key = attn.norm_q(query), attn.norm_k(key)
+        if attn.added_kv_proj_dim is not None:
+            eq, ek, ev = (x.unflatten(-1, (-1, attn.head_dim)) for x in (eq, ek, ev))
+            eq, ek = attn.norm_added_q(eq), attn.norm_added_k(ek)
+            query, key, value = torch.cat([eq, query], 1), torch.cat([ek, key], 1), torch.cat([ev, value], 1)
+        if image_rotary_emb is not None:
+            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+
+        def dense():
+            return dispatch_attention_fn(
+                query, key, value, attn_mask=attention_mask,
+                backend=self._attention_backend, parallel_config=self._parallel_config,
+            )
+
+        n_txt = encoder_hidden_states.shape[1] if encoder_hidden_states is not None else self.handle.state.text_len
+        out = self.handle.attend(
+            self.layer, query, key, value, text_len=n_txt, text_first=True, key_mask=attention_mask, dense=dense
+        )
+        out = out.flatten(2, 3).to(query.dtype)
+        if encoder_hidden_states is not None:
+            encoder_hidden_states, out = out.split_with_sizes([n_txt, out.shape[1] - n_txt], dim=1)
+            out = attn.to_out[1](attn.to_out[0](out.contiguous()))
+            return out, attn.to_add_out(encoder_hidden_states.contiguous())
+        return out
+
+
+class FluxAdapter(ModelAdapter):
+    family = "flux"
+    transformer_class = FluxTransformer2DModel
+    stock_processor = FluxAttnProcessor
+
+    @staticmethod
+    def self_attention_modules(transformer):
+        return [b.attn for b in transformer.transformer_blocks] + [b.attn for b in transformer.single_transformer_blocks]
+
+    @staticmethod
+    def read_context(transformer, args):
+        ehs, txt_ids = args.get("encoder_hidden_states"), args.get("txt_ids")
+        n_txt = ehs.shape[1] if ehs is not None else (txt_ids.shape[-2] if txt_ids is not None else 0)
+        return image_grid(args.get("img_ids")), args.get("timestep"), n_txt
+
+    @staticmethod
+    def make_processor(handle, layer):
+        return FluxSparseProcessor(handle, layer)

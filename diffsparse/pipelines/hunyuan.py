@@ -1,0 +1,94 @@
+"""HunyuanVideo: attention over `[video ; text]` with a bool key-padding mask; RoPE on video only.
+
+Dual-stream blocks (`transformer_blocks[i].attn`) get video and text separately and project text
+with `add_*_proj`; single-stream blocks (`single_transformer_blocks[j].attn`) get them split too.
+The text refiner's attention is not patched.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers.models.attention_dispatch import dispatch_attention_fn
+from diffusers.models.embeddings import apply_rotary_emb
+from diffusers.models.transformers.transformer_hunyuan_video import (
+    HunyuanVideoAttnProcessor2_0,
+    HunyuanVideoTransformer3DModel,
+)
+
+from .base import ModelAdapter, video_grid
+
+
+def _heads(x, heads):
+    return x.unflatten(2, (heads, -1))
+
+
+class HunyuanVideoSparseProcessor(HunyuanVideoAttnProcessor2_0):
+    """Stock HunyuanVideo attention with the attention call routed through the handle."""
+
+    def __init__(self, handle, layer: int) -> None:
+        super().__init__()
+        self.handle, self.layer = handle, layer
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
+        single = attn.add_q_proj is None and encoder_hidden_states is not None
+        if single:
+            hidden_states = torch.cat([hidden_states, encoder_hidden_states], dim=1)
+        query, key, value = (_heads(p(hidden_states), attn.heads) for p in (attn.to_q, attn.to_k, attn.to_v))
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        if image_rotary_emb is not None:
+            if single:
+                n_txt = encoder_hidden_states.shape[1]
+                query = torch.cat([apply_rotary_emb(query[:, :-n_txt], image_rotary_emb, sequence_dim=1), query[:, -n_txt:]], dim=1)
+                key = torch.cat([apply_rotary_emb(key[:, :-n_txt], image_rotary_emb, sequence_dim=1), key[:, -n_txt:]], dim=1)
+            else:
+                query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+                key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+        if attn.add_q_proj is not None and encoder_hidden_states is not None:
+            eq, ek, ev = (_heads(p(encoder_hidden_states), attn.heads) for p in (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj))
+            if attn.norm_added_q is not None:
+                eq = attn.norm_added_q(eq)
+            if attn.norm_added_k is not None:
+                ek = attn.norm_added_k(ek)
+            query, key, value = torch.cat([query, eq], 1), torch.cat([key, ek], 1), torch.cat([value, ev], 1)
+
+        def dense():
+            return dispatch_attention_fn(
+                query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
+                backend=self._attention_backend, parallel_config=self._parallel_config,
+            )
+
+        n_txt = 0 if encoder_hidden_states is None else encoder_hidden_states.shape[1]
+        out = self.handle.attend(
+            self.layer, query, key, value, text_len=n_txt, text_first=False, key_mask=attention_mask, dense=dense
+        )
+        out = out.flatten(2, 3).to(query.dtype)
+        if encoder_hidden_states is not None:
+            out, encoder_hidden_states = out[:, :-n_txt], out[:, -n_txt:]
+            if getattr(attn, "to_out", None) is not None:
+                out = attn.to_out[1](attn.to_out[0](out))
+            if getattr(attn, "to_add_out", None) is not None:
+                encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
+        return out, encoder_hidden_states
+
+
+class HunyuanVideoAdapter(ModelAdapter):
+    family = "hunyuan"
+    transformer_class = HunyuanVideoTransformer3DModel
+    stock_processor = HunyuanVideoAttnProcessor2_0
+
+    @staticmethod
+    def self_attention_modules(transformer):
+        return [b.attn for b in transformer.transformer_blocks] + [b.attn for b in transformer.single_transformer_blocks]
+
+    @staticmethod
+    def read_context(transformer, args):
+        cfg = transformer.config
+        grid = video_grid(args.get("hidden_states"), (cfg.patch_size_t, cfg.patch_size, cfg.patch_size))
+        return grid, args.get("timestep"), 0
+
+    @staticmethod
+    def make_processor(handle, layer):
+        return HunyuanVideoSparseProcessor(handle, layer)

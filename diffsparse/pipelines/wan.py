@@ -1,0 +1,70 @@
+"""Wan 2.1 / 2.2 (T2V, I2V, TI2V): `blocks[i].attn1` is video-only self-attention in raster order."""
+
+from __future__ import annotations
+
+from diffusers.models.attention_dispatch import dispatch_attention_fn
+from diffusers.models.transformers.transformer_wan import (
+    WanAttnProcessor,
+    WanTransformer3DModel,
+    _get_qkv_projections,
+)
+
+from .base import ModelAdapter, video_grid
+
+
+def _rope(x, freqs_cos, freqs_sin):
+    """Wan's interleaved rotary embedding on `(B, S, H, D)` (same arithmetic as the stock processor)."""
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    cos, sin = freqs_cos[..., 0::2], freqs_sin[..., 1::2]
+    out = x.new_empty(x.shape)
+    out[..., 0::2] = x1 * cos - x2 * sin
+    out[..., 1::2] = x1 * sin + x2 * cos
+    return out.type_as(x)
+
+
+class WanSparseProcessor(WanAttnProcessor):
+    """Stock Wan self-attention with the attention call routed through the handle."""
+
+    def __init__(self, handle, layer: int) -> None:
+        super().__init__()
+        self.handle, self.layer = handle, layer
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
+        if encoder_hidden_states is not None or attn.add_k_proj is not None:
+            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
+        query, key, value = _get_qkv_projections(attn, hidden_states, None)
+        query, key = attn.norm_q(query), attn.norm_k(key)
+        query, key, value = (x.unflatten(2, (attn.heads, -1)) for x in (query, key, value))
+        if rotary_emb is not None:
+            query, key = _rope(query, *rotary_emb), _rope(key, *rotary_emb)
+
+        def dense():
+            return dispatch_attention_fn(
+                query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
+                backend=self._attention_backend, parallel_config=self._parallel_config,
+            )
+
+        out = self.handle.attend(
+            self.layer, query, key, value, text_len=0, text_first=False, key_mask=attention_mask, dense=dense
+        )
+        out = out.flatten(2, 3).type_as(query)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+class WanAdapter(ModelAdapter):
+    family = "wan"
+    transformer_class = WanTransformer3DModel
+    stock_processor = WanAttnProcessor
+
+    @staticmethod
+    def self_attention_modules(transformer):
+        return [block.attn1 for block in transformer.blocks]
+
+    @staticmethod
+    def read_context(transformer, args):
+        grid = video_grid(args.get("hidden_states"), tuple(transformer.config.patch_size))
+        return grid, args.get("timestep"), 0
+
+    @staticmethod
+    def make_processor(handle, layer):
+        return WanSparseProcessor(handle, layer)

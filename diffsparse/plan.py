@@ -1,0 +1,93 @@
+"""Plans: a method's video layout extended to one attention call's full sequence.
+
+Internally every call is laid out as `[video tokens in the method's order ; text tokens]`, so
+video blocks start at 0 whatever the model's order (FLUX puts text first). Text rows and columns
+are dense (the "text sink"); a block holding both video and text tokens is therefore dense too.
+Key-side text may be shorter than query-side text: padded text keys (HunyuanVideo's mask) are
+left out of the key sequence instead of masked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from .geometry import TokenSpans
+from .kernels.index import BlockIndex, build_block_index, num_blocks
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything needed to execute one attention call sparsely.
+
+    q_order / k_order: LongTensor model positions in internal order (None = identity).
+    q_inverse: LongTensor internal position of each model query position (None = identity).
+    index: the block layout `(1, Hm, nq, nk)` with its CSR lists.
+    """
+
+    q_order: Optional[torch.Tensor]
+    k_order: Optional[torch.Tensor]
+    q_inverse: Optional[torch.Tensor]
+    index: BlockIndex
+
+    @property
+    def kept_blocks(self) -> int:
+        """Computed blocks per (batch, head) summed over heads of the layout (Hm)."""
+        return int(self.index.counts.sum())
+
+    @property
+    def total_blocks(self) -> int:
+        return int(self.index.mask.numel())
+
+    def to(self, device: torch.device) -> "Plan":
+        mv = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return Plan(mv(self.q_order), mv(self.k_order), mv(self.q_inverse), self.index.to(device))
+
+
+def full_mask(video_mask: torch.Tensor, video_len: int, q_text: int, k_text: int, block_q: int, block_k: int) -> torch.Tensor:
+    """Embed a video block mask `(Hm, nqv, nkv)` in the `[video ; text]` layout with dense text rows/columns."""
+    hm, nqv, nkv = video_mask.shape
+    nq, nk = num_blocks(video_len + q_text, block_q), num_blocks(video_len + k_text, block_k)
+    mask = torch.zeros(hm, nq, nk, dtype=torch.bool)
+    mask[:, :nqv, :nkv] = video_mask
+    if q_text:
+        mask[:, video_len // block_q :, :] = True
+    if k_text:
+        mask[:, :, video_len // block_k :] = True
+    return mask
+
+
+def build_plan(
+    video_order: Optional[torch.Tensor],
+    video_mask: torch.Tensor,
+    spans: TokenSpans,
+    key_text: Optional[torch.Tensor],
+    block_q: int,
+    block_k: int,
+) -> Plan:
+    """Assemble a plan on the CPU.
+
+    Args:
+        video_order: `(Nv,)` raster index per internal video position, or None (raster order).
+        video_mask: `(Hm, ceil(Nv/bq), ceil(Nv/bk))` from the method.
+        spans: where video and text sit in the model's sequence.
+        key_text: indices (within the text span) of text tokens usable as keys, or None for all.
+    """
+    nv, nt = spans.video_len, spans.text_len
+    kt = nt if key_text is None else int(key_text.numel())
+    mask = full_mask(video_mask, nv, nt, kt, block_q, block_k)
+    video_pos = torch.arange(nv) if video_order is None else video_order.long()
+    q_order = torch.cat([spans.video_offset + video_pos, spans.text_offset + torch.arange(nt)])
+    k_text_pos = torch.arange(nt) if key_text is None else key_text.long()
+    k_order = torch.cat([spans.video_offset + video_pos, spans.text_offset + k_text_pos])
+    identity_q = bool(torch.equal(q_order, torch.arange(q_order.numel())))
+    # Trimmed text keys are never the identity, even when they are a prefix.
+    identity_k = kt == nt and bool(torch.equal(k_order, torch.arange(k_order.numel())))
+    q_inverse = None
+    if not identity_q:
+        q_inverse = torch.empty_like(q_order)
+        q_inverse[q_order] = torch.arange(q_order.numel())
+    index = build_block_index(mask.unsqueeze(0), (block_q, block_k))
+    return Plan(None if identity_q else q_order, None if identity_k else k_order, q_inverse, index)
