@@ -1,23 +1,35 @@
-"""Block-sparse attention in plain PyTorch that skips the work of dropped blocks.
+"""Block-sparse attention in plain PyTorch that skips the work of dropped blocks (the CPU path).
 
-This is the CPU path (and the fallback wherever Triton is unavailable). Each (batch, head,
-query block) is a "row". Rows are sorted by how many key blocks they keep, so the loop over
-key-block slots only touches the rows that still have blocks left: the work is proportional
-to the kept blocks, not to the full `nq x nk` grid. Softmax is computed online (running max
-and sum, as in FlashAttention), in float32, and written without in-place updates so autograd
-can differentiate it (LoRA training on CPU).
+Each (batch, head, query block) is a *row*. Rows are bucketed by how many key blocks they keep
+(and whether they keep the partial last block); inside a bucket every row reads the same number
+of key tokens, so the kept keys are gathered into a dense `(rows, L, D)` tensor and one fused
+attention call (PyTorch's CPU flash kernel, which also returns the LSE) handles the whole bucket.
+Rows that read every key skip the gather: their queries are concatenated per head instead.
+Work and memory scale with the kept blocks; nothing is masked token by token. Autograd flows
+through the gather and the fused op, so LoRA training works on this path too.
 """
 
 from __future__ import annotations
 
 import math
+from typing import List, Tuple
 
 import torch
 
 from .index import BlockIndex, num_blocks
 
-# Upper bound on the floats in one slot-chunk's score tensor; bounds peak memory (~128 MB).
-_SCORE_BUDGET = 1 << 25
+# Bound on the gathered K+V elements per fused call (~256 MB in fp32): keeps memory flat at
+# high density, where every query block would otherwise copy all keys.
+_GATHER_BUDGET = 1 << 26
+
+
+def _fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Dense attention `(n, 1, Lq, D) x (n, 1, Lk, D)` -> out, lse `(n, 1, Lq)` float32."""
+    if q.dtype in (torch.float32, torch.float16, torch.bfloat16) and q.device.type == "cpu":
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, scale=scale)
+    s = torch.matmul(q, k.transpose(-1, -2)) * scale
+    lse = torch.logsumexp(s, dim=-1)
+    return torch.matmul(torch.exp(s - lse.unsqueeze(-1)), v), lse.float()
 
 
 def torch_block_sparse_attention(
@@ -28,66 +40,65 @@ def torch_block_sparse_attention(
     scale: float | None = None,
     return_lse: bool = False,
 ):
-    """q `(B,H,Sq,D)`, k/v `(B,H,Sk,D)`, index over `(Bm,Hm,nq,nk)` -> out `(B,H,Sq,D)` [, lse `(B,H,Sq)`]."""
+    """q `(B,H,Sq,D)`, k/v `(B,H,Sk,D)`, index over `(Bm,Hm,nq,nk)` -> out `(B,H,Sq,Dv)` [, lse `(B,H,Sq)`]."""
     B, H, Sq, D = q.shape
     Sk, Dv = k.shape[2], v.shape[-1]
     bq, bk = index.block_q, index.block_k
     nq, nk = num_blocks(Sq, bq), num_blocks(Sk, bk)
     scale = 1.0 / math.sqrt(D) if scale is None else scale
-    cdt = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+    dev = q.device
 
-    rows = B * H * nq
-    counts = index.counts.expand(B, H, nq).reshape(rows)
+    n_rows = B * H * nq
+    counts = index.counts.expand(B, H, nq).reshape(n_rows).long()
     width = index.indices.shape[-1]
-    indices = index.indices.expand(B, H, nq, width).reshape(rows, width).long()
-    head_of_row = torch.arange(B * H, device=q.device).repeat_interleave(nq)
+    indices = index.indices.expand(B, H, nq, width).reshape(n_rows, width).long()
+    head = torch.arange(B * H, device=dev).repeat_interleave(nq)
+    tail = nk * bk - Sk  # padding tokens in the last key block
+    live = torch.arange(width, device=dev) < counts.unsqueeze(1)
+    reads_last = ((indices == nk - 1) & live).any(1) if tail else torch.zeros_like(counts, dtype=torch.bool)
 
-    order = torch.argsort(counts, descending=True, stable=True)
-    counts_s = counts[order]
-    active_per_slot = (counts_s.unsqueeze(0) > torch.arange(width, device=q.device).unsqueeze(1)).sum(1).tolist()
+    q_rows = torch.nn.functional.pad(q, (0, 0, 0, nq * bq - Sq)).reshape(n_rows, 1, bq, D)
+    k_flat, v_flat = k.reshape(B * H, Sk, D), v.reshape(B * H, Sk, Dv)
+    offsets = torch.arange(bk, device=dev)
 
-    qr = torch.nn.functional.pad(q.to(cdt), (0, 0, 0, nq * bq - Sq)).reshape(rows, bq, D)[order]
-    kb = torch.nn.functional.pad(k.to(cdt), (0, 0, 0, nk * bk - Sk)).reshape(B * H, nk, bk, D)
-    vb = torch.nn.functional.pad(v.to(cdt), (0, 0, 0, nk * bk - Sk)).reshape(B * H, nk, bk, Dv)
-    idx_s = indices[order]
-    head_s = head_of_row[order]
-    key_pos = torch.arange(bk, device=q.device)
+    outs: List[torch.Tensor] = []
+    lses: List[torch.Tensor] = []
+    order: List[torch.Tensor] = []
+    bucket = counts * 2 + reads_last.long()
+    for key in torch.unique(bucket[counts > 0]).tolist():
+        c, has_tail = key // 2, bool(key % 2)
+        rows = torch.nonzero(bucket == key).flatten()
+        if c == nk:  # rows reading every key: no gather, one call per head over its rows
+            for h in torch.unique(head[rows]).tolist():
+                r = rows[head[rows] == h]
+                o, lse = _fused(q_rows[r].reshape(1, 1, -1, D), k_flat[h][None, None], v_flat[h][None, None], scale)
+                outs.append(o.reshape(r.numel(), 1, bq, Dv))
+                lses.append(lse.reshape(r.numel(), 1, bq))
+                order.append(r)
+            continue
+        n_keys = c * bk - (tail if has_tail else 0)
+        # Kept blocks are ascending, so the partial last block is last: trimming drops its padding.
+        tokens = (indices[rows, :c].unsqueeze(-1) * bk + offsets).reshape(rows.numel(), c * bk)[:, :n_keys]
+        step = max(1, _GATHER_BUDGET // max(1, n_keys * (D + Dv)))
+        for s in range(0, rows.numel(), step):
+            r, t = rows[s : s + step], tokens[s : s + step]
+            kk = k_flat[head[r].unsqueeze(1), t].unsqueeze(1)
+            vv = v_flat[head[r].unsqueeze(1), t].unsqueeze(1)
+            o, lse = _fused(q_rows[r], kk, vv, scale)
+            outs.append(o)
+            lses.append(lse)
+            order.append(r)
+    empty = torch.nonzero(counts == 0).flatten()
+    if empty.numel():
+        outs.append(q_rows.new_zeros(empty.numel(), 1, bq, Dv))
+        lses.append(torch.full((empty.numel(), 1, bq), float("-inf"), device=dev))
+        order.append(empty)
 
-    m = torch.full((rows, bq), float("-inf"), dtype=cdt, device=q.device)
-    l = torch.zeros((rows, bq), dtype=cdt, device=q.device)
-    acc = torch.zeros((rows, bq, Dv), dtype=cdt, device=q.device)
-
-    start = 0
-    max_count = int(counts_s[0]) if rows else 0
-    while start < max_count:
-        n = active_per_slot[start]
-        chunk = max(1, min(max_count - start, _SCORE_BUDGET // max(1, n * bq * bk)))
-        slots = idx_s[:n, start : start + chunk]  # (n, c)
-        c = slots.shape[1]
-        live = (torch.arange(start, start + c, device=q.device) < counts_s[:n, None])  # (n, c)
-        keep = live.unsqueeze(-1) & (slots.unsqueeze(-1) * bk + key_pos < Sk)  # (n, c, bk)
-        kk = kb[head_s[:n, None], slots].reshape(n, c * bk, D)
-        vv = vb[head_s[:n, None], slots].reshape(n, c * bk, Dv)
-        s = torch.matmul(qr[:n], kk.transpose(1, 2)) * scale  # (n, bq, c*bk)
-        s = s.masked_fill(~keep.reshape(n, 1, c * bk), float("-inf"))
-
-        m_old = m[:n]
-        m_new = torch.maximum(m_old, s.amax(-1))
-        m_safe = torch.where(torch.isinf(m_new), torch.zeros_like(m_new), m_new)
-        p = torch.exp(s - m_safe.unsqueeze(-1))
-        alpha = torch.exp(m_old - m_safe)
-        l = torch.cat([l[:n] * alpha + p.sum(-1), l[n:]])
-        acc = torch.cat([acc[:n] * alpha.unsqueeze(-1) + torch.matmul(p, vv), acc[n:]])
-        m = torch.cat([m_new, m[n:]])
-        start += c
-
-    empty = l == 0
-    out_s = acc / torch.where(empty, torch.ones_like(l), l).unsqueeze(-1)
-    inverse = torch.empty_like(order)
-    inverse[order] = torch.arange(rows, device=q.device)
-    out = out_s[inverse].reshape(B, H, nq * bq, Dv)[:, :, :Sq].to(q.dtype)
+    perm = torch.cat(order)
+    inverse = torch.empty_like(perm)
+    inverse[perm] = torch.arange(n_rows, device=dev)
+    out = torch.cat(outs)[inverse].reshape(B, H, nq * bq, Dv)[:, :, :Sq].to(q.dtype)
     if not return_lse:
         return out
-    lse_s = torch.where(empty, torch.full_like(m, float("-inf")), m + torch.log(torch.where(empty, torch.ones_like(l), l)))
-    lse = lse_s[inverse].reshape(B, H, nq * bq)[:, :, :Sq].float()
+    lse = torch.cat(lses)[inverse].reshape(B, H, nq * bq)[:, :, :Sq].float()
     return out, lse

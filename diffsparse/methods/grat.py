@@ -4,12 +4,15 @@ Tokens are reordered so each (t, h, w) group of `group_size` tokens is contiguou
 attends key groups that are
 - `variant="block"` (GRAT-B): within `radius` groups along every axis (the (2r+1)^3 neighbourhood);
 - `variant="criss_cross"` (GRAT-X): in the same time slice, row band or column band (they share
-  the t, h or w group index with the query group).
+  the t, h or w group index with the query group; axes not split into several groups, such as
+  the time axis of an image, are ignored).
 Exact at group granularity; a kernel block is kept when any of its group pairs is.
 """
 
 from __future__ import annotations
 
+
+import torch
 
 from ..geometry import clamp_tile, tile_coords, tile_major_order
 from ..layout import video_block_mask
@@ -37,11 +40,14 @@ class Grat(SparseMethod):
         cell = (gt * grid.h + gh) * grid.w + gw
         feats = {"t": gt, "h": gh, "w": gw}
         variant, radius = self.variant, self.radius
+        # An axis with a single group (t of an image) says nothing about locality: criss-cross
+        # uses only axes that are split, so images get the row/column-band form.
+        split = [a for a, g, s in zip("thw", grid.dims, group) if g > s] or list("thw")
 
         def rule(qmin, qmax, kmin, kmax):
-            same = [qmin[a] == kmin[a] for a in "thw"]  # group coords are constant within a segment
-            if variant == "criss_cross":
-                return same[0] | same[1] | same[2]
+            if variant == "criss_cross":  # group coords are constant within a segment
+                same = [qmin[a] == kmin[a] for a in split]
+                return same[0] if len(same) == 1 else torch.stack(same).any(0)
             near = [(qmin[a] - kmin[a]).abs() <= radius for a in "thw"]
             return near[0] & near[1] & near[2]
 

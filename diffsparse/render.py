@@ -1,0 +1,134 @@
+"""Render a video with a given method and time the denoiser: the library side of `diffsparse render`."""
+
+from __future__ import annotations
+
+import os
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+
+from .api import disable_sparse_attention, enable_sparse_attention
+
+DEFAULT_MODEL_NOTE = (
+    "default model: a tiny Wan transformer with RANDOM weights (no trained reference model is shipped yet); "
+    "the video shows noise-like structure, useful for speed and fidelity-vs-dense checks only"
+)
+
+
+@dataclass
+class RenderResult:
+    frames: np.ndarray  # (T, H, W, 3) float in [0, 1]
+    dit_seconds: float  # time spent inside the transformer(s)
+    total_seconds: float
+    stats: Optional[Dict[str, Any]] = None
+    notes: List[str] = field(default_factory=list)
+
+
+class DenoiserTimer:
+    """Wall time spent inside the transformer forwards (synchronising CUDA around each)."""
+
+    def __init__(self, modules: List[torch.nn.Module]) -> None:
+        self.seconds, self._start, self._handles = 0.0, 0.0, []
+        for m in modules:
+            self._handles.append(m.register_forward_pre_hook(self._pre))
+            self._handles.append(m.register_forward_hook(self._post))
+
+    def _sync(self) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    def _pre(self, *_):
+        self._sync()
+        self._start = time.perf_counter()
+
+    def _post(self, *_):
+        self._sync()
+        self.seconds += time.perf_counter() - self._start
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+def default_video_pipeline(device: str = "cpu"):
+    """The embedded default video model (see DEFAULT_MODEL_NOTE)."""
+    from .tiny import tiny_wan_pipeline
+
+    return tiny_wan_pipeline(num_layers=4, heads=4, head_dim=32).to(device)
+
+
+def load_pipeline(path: str, device: str = "cpu", dtype: Optional[torch.dtype] = None):
+    """A Diffusers pipeline from a local folder only; never downloads."""
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"--model must be a local Diffusers pipeline folder; {path!r} is not a directory")
+    from diffusers import DiffusionPipeline
+
+    kwargs = {"local_files_only": True}
+    if dtype is not None:
+        kwargs["torch_dtype"] = dtype
+    return DiffusionPipeline.from_pretrained(path, **kwargs).to(device)
+
+
+def prompt_inputs(pipe: Any, prompt: str, seed: int) -> Dict[str, Any]:
+    """Pipeline text inputs: the prompt when the pipeline has a text encoder, else embeddings derived from it."""
+    if getattr(pipe, "text_encoder", None) is not None:
+        return {"prompt": prompt}
+    dim = pipe.transformer.config.text_dim
+    g = torch.Generator().manual_seed(zlib.crc32(prompt.encode()) ^ seed)
+    dev = pipe.transformer.device
+    return {
+        "prompt_embeds": torch.randn(1, 16, dim, generator=g).to(dev),
+        "negative_prompt_embeds": torch.randn(1, 16, dim, generator=g).to(dev),
+    }
+
+
+def render(
+    pipe: Any,
+    method: Optional[str],
+    *,
+    prompt: str = "a red square moving left",
+    frames: int = 17,
+    height: int = 128,
+    width: int = 128,
+    steps: int = 8,
+    seed: int = 0,
+    guidance_scale: float = 5.0,
+    **method_options: Any,
+) -> RenderResult:
+    """Render one video; `method=None` renders with the pipeline as it is (dense)."""
+    transformers = [t for t in (getattr(pipe, "transformer", None), getattr(pipe, "transformer_2", None)) if t is not None]
+    handle = enable_sparse_attention(pipe, method, **method_options) if method else None
+    timer = DenoiserTimer(transformers)
+    try:
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = pipe(
+                **prompt_inputs(pipe, prompt, seed), height=height, width=width, num_frames=frames,
+                num_inference_steps=steps, guidance_scale=guidance_scale, generator=gen, output_type="np",
+            )
+        total = time.perf_counter() - start
+    finally:
+        timer.close()
+        stats = handle.stats() if handle else None
+        if handle:
+            disable_sparse_attention(pipe)
+    return RenderResult(np.asarray(out.frames[0]), timer.seconds, total, stats)
+
+
+def side_by_side(dense: np.ndarray, sparse: np.ndarray, gain: float = 8.0) -> np.ndarray:
+    """Frames `(T, H, 3W, 3)`: dense | sparse | |dense - sparse| x gain (clipped)."""
+    diff = np.clip(np.abs(dense - sparse) * gain, 0.0, 1.0)
+    return np.concatenate([dense, sparse, diff], axis=2)
+
+
+def psnr(reference: np.ndarray, candidate: np.ndarray) -> Optional[float]:
+    """PSNR in dB over the whole video on 8-bit values (None when identical)."""
+    a = np.round(np.clip(reference, 0, 1) * 255).astype(np.float64)
+    b = np.round(np.clip(candidate, 0, 1) * 255).astype(np.float64)
+    mse = float(np.mean((a - b) ** 2))
+    return None if mse == 0 else 10.0 * np.log10(255.0**2 / mse)

@@ -1,0 +1,22 @@
+"""Shared helpers for the pipeline-level tests (tiny offline pipelines)."""
+
+import torch
+
+from diffsparse.tiny import example_inputs, tiny_flux_pipeline, tiny_hunyuan_pipeline, tiny_wan_pipeline
+
+# Shapes chosen so token counts do not divide the block sizes used in the tests.
+CALLS = {
+    "wan": dict(height=48, width=80, num_frames=13, num_inference_steps=3, guidance_scale=5.0, output_type="np"),
+    "hunyuan": dict(height=48, width=48, num_frames=9, num_inference_steps=2, output_type="np"),
+    "flux": dict(height=128, width=112, num_inference_steps=2, output_type="np"),
+}
+BUILDERS = {"wan": tiny_wan_pipeline, "hunyuan": tiny_hunyuan_pipeline, "flux": tiny_flux_pipeline}
+
+
+def render(pipe, family, seed=0, **overrides):
+    """Run a tiny pipeline with fixed noise; returns float frames/images as a tensor."""
+    kwargs = dict(example_inputs(family, valid_text=5 if family == "hunyuan" else None), **CALLS[family])
+    kwargs.update(overrides)
+    res = pipe(generator=torch.Generator().manual_seed(seed), **kwargs)
+    out = res.images if family == "flux" else res.frames
+    return torch.as_tensor(out[0])
