@@ -6,6 +6,8 @@ FlexAttention on exactly the same layout as ours.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .index import BlockIndex, num_blocks
@@ -34,11 +36,19 @@ def to_flex_block_mask(index: BlockIndex, B: int, H: int, sq: int, sk: int):
     )
 
 
-def flex_block_sparse_attention(q, k, v, index: BlockIndex, scale=None, return_lse=False, compiled_fn=None):
-    """Run FlexAttention over the layout. `compiled_fn` lets callers pass a `torch.compile`d flex_attention."""
+@functools.lru_cache(maxsize=1)
+def compiled_flex_attention():
+    """`torch.compile`d flex_attention (eager flex materialises the full score matrix)."""
     from torch.nn.attention.flex_attention import flex_attention
 
-    fn = compiled_fn or flex_attention
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def flex_block_sparse_attention(q, k, v, index: BlockIndex, scale=None, return_lse=False, compiled_fn=None):
+    """Run FlexAttention over the layout: compiled on CUDA, eager elsewhere unless `compiled_fn` is given."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    fn = compiled_fn or (compiled_flex_attention() if q.is_cuda else flex_attention)
     B, H, sq, _ = q.shape
     bm = to_flex_block_mask(index, B, H, sq, k.shape[2])
     if not return_lse:

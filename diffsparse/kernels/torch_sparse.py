@@ -59,6 +59,7 @@ def torch_block_sparse_attention(
 
     q_rows = torch.nn.functional.pad(q, (0, 0, 0, nq * bq - Sq)).reshape(n_rows, 1, bq, D)
     k_flat, v_flat = k.reshape(B * H, Sk, D), v.reshape(B * H, Sk, Dv)
+    k_tok, v_tok = k.reshape(B * H * Sk, D), v.reshape(B * H * Sk, Dv)  # index_select beats 2-D indexing
     offsets = torch.arange(bk, device=dev)
 
     outs: List[torch.Tensor] = []
@@ -81,9 +82,10 @@ def torch_block_sparse_attention(
         tokens = (indices[rows, :c].unsqueeze(-1) * bk + offsets).reshape(rows.numel(), c * bk)[:, :n_keys]
         step = max(1, _GATHER_BUDGET // max(1, n_keys * (D + Dv)))
         for s in range(0, rows.numel(), step):
-            r, t = rows[s : s + step], tokens[s : s + step]
-            kk = k_flat[head[r].unsqueeze(1), t].unsqueeze(1)
-            vv = v_flat[head[r].unsqueeze(1), t].unsqueeze(1)
+            r = rows[s : s + step]
+            flat = (head[r].unsqueeze(1) * Sk + tokens[s : s + step]).reshape(-1)
+            kk = k_tok.index_select(0, flat).view(r.numel(), 1, n_keys, D)
+            vv = v_tok.index_select(0, flat).view(r.numel(), 1, n_keys, Dv)
             o, lse = _fused(q_rows[r], kk, vv, scale)
             outs.append(o)
             lses.append(lse)
