@@ -6,7 +6,14 @@
     diffsparse.disable_sparse_attention(pipe)
 """
 
-from .api import disable_sparse_attention, enable_sparse_attention, get_handle, sparse_attention
+from .api import (
+    disable_sparse_attention,
+    enable_sparse_attention,
+    get_handle,
+    preview_layout,
+    sparse_attention,
+    token_grid,
+)
 from .geometry import Grid
 from .handle import SparseHandle
 from .kernels import BlockIndex, block_sparse_attention, build_block_index
@@ -24,5 +31,7 @@ __all__ = [
     "enable_sparse_attention",
     "get_handle",
     "list_methods",
+    "preview_layout",
     "sparse_attention",
+    "token_grid",
 ]

@@ -8,11 +8,13 @@ from typing import Any, Iterator, List, Tuple
 
 import torch
 
+from .geometry import Grid, TokenSpans
 from .handle import Settings, SparseHandle
 from .hooks import StepTrackerHook, install_hook, remove_hook
 from .kernels import BACKENDS, normalize_block_size
 from .methods import get_method
 from .pipelines import find_adapter, supported_models
+from .plan import Plan, build_plan
 
 logger = logging.getLogger("diffsparse")
 
@@ -172,3 +174,29 @@ def sparse_attention(pipe: Any, method: str = "radial", **options: Any) -> Itera
         yield handle
     finally:
         disable_sparse_attention(pipe)
+
+
+#: latent token grid of a (frames, height, width) video in pixels, per model family
+_PIXELS_PER_TOKEN = {"wan": (4, 16, 16), "hunyuan": (4, 16, 16), "flux": (1, 16, 16)}
+
+
+def token_grid(family: str, frames: int, height: int, width: int) -> Grid:
+    """Latent token grid of the released models of a family (VAE x patch factors)."""
+    if family not in _PIXELS_PER_TOKEN:
+        raise ValueError(f"unknown model family {family!r}; choose one of {sorted(_PIXELS_PER_TOKEN)}")
+    ft, fh, fw = _PIXELS_PER_TOKEN[family]
+    if min(frames, height, width) <= 0 or height < fh or width < fw:
+        raise ValueError(f"impossible video size {frames}x{height}x{width} for {family} (tokens are {fh}x{fw} px)")
+    t = 1 if family == "flux" else (frames - 1) // ft + 1
+    return Grid(t, height // fh, width // fw)
+
+
+def preview_layout(
+    method: str, grid: Grid, family: str = "wan", text_len: int = 0, block_size: Any = 128, **options: Any
+) -> Plan:
+    """The plan `method` would run for one call on `grid` (+ `text_len` text tokens), without a model."""
+    instance = get_method(method)(family, **{k: v for k, v in options.items() if k not in _SHARED})
+    bq, bk = normalize_block_size(block_size)
+    order, vmask = instance.video_layout(grid, bq, bk)
+    spans = TokenSpans(grid, text_len, family == "flux")
+    return build_plan(order, vmask, spans, None, bq, bk)

@@ -46,6 +46,39 @@ def _render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_options(pairs: List[str]) -> dict:
+    """`["decay_factor=0.5", "window=(3,3,3)"]` -> dict with Python literal values."""
+    import ast
+
+    out = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise SystemExit(f"error: --opt expects key=value, got {pair!r}")
+        key, raw = pair.split("=", 1)
+        try:
+            out[key] = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            out[key] = raw
+    return out
+
+
+def _show_mask(args: argparse.Namespace) -> int:
+    from . import api
+    from .viz import mask_image, save_png
+
+    grid = api.token_grid(args.model_family, args.frames, args.height, args.width)
+    opts = _parse_options(args.opt)
+    plan = api.preview_layout(args.method, grid, args.model_family, text_len=args.text_len, block_size=args.block_size, **opts)
+    mask = plan.index.mask[0, 0]
+    density = float(mask.float().mean())
+    title = (f"{args.method} {args.model_family} {args.frames}x{args.height}x{args.width}px grid {grid.dims} "
+             f"+{args.text_len} text, block {args.block_size}: density {density:.3f}")
+    text_start = grid.numel // args.block_size if args.text_len else None
+    save_png(mask_image(mask, title, text_blocks=text_start), args.out)
+    print(f"wrote {args.out}: {mask.shape[0]}x{mask.shape[1]} blocks, density {density:.3f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diffsparse", description="Sparse attention for Diffusers video/image DiTs.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -64,6 +97,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default=None)
     r.add_argument("--compare", choices=["dense"], default=None, help="also render dense and write a side-by-side video")
     r.set_defaults(func=_render)
+
+    m = sub.add_parser("show-mask", help="draw a method's block layout as a PNG")
+    m.add_argument("--method", default="radial")
+    m.add_argument("--model-family", choices=["wan", "hunyuan", "flux"], default="wan")
+    m.add_argument("--frames", type=int, default=81)
+    m.add_argument("--height", type=int, default=480)
+    m.add_argument("--width", type=int, default=832)
+    m.add_argument("--text-len", type=int, default=0, help="text tokens in the sequence (HunyuanVideo/FLUX)")
+    m.add_argument("--block-size", type=int, default=128)
+    m.add_argument("--opt", action="append", help="method option key=value (repeatable)")
+    m.add_argument("--out", default="mask.png")
+    m.set_defaults(func=_show_mask)
     return parser
 
 

@@ -1,0 +1,53 @@
+"""Pictures of block layouts (for `diffsparse show-mask`)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+
+
+def mask_image(mask: torch.Tensor, title: str, max_side: int = 900, text_blocks: Optional[int] = None) -> np.ndarray:
+    """RGB uint8 picture of a bool block mask `(nq, nk)`: kept blocks light, skipped dark, title on top.
+
+    `text_blocks` (if given) tints the first key/query block index of the text span, to show the text sink.
+    """
+    import cv2
+
+    m = mask.detach().to("cpu", torch.bool).numpy()
+    nq, nk = m.shape
+    cell = max(1, min(max_side // max(nq, nk), 32))
+    img = np.where(m[..., None], np.array([235, 200, 80], np.uint8), np.array([30, 30, 40], np.uint8))
+    if text_blocks is not None:
+        img[text_blocks:, :][m[text_blocks:, :]] = (120, 200, 255)
+        img[:, text_blocks:][m[:, text_blocks:]] = (120, 200, 255)
+    img = np.kron(img, np.ones((cell, cell, 1), np.uint8))
+    if cell >= 4:  # grid lines between blocks
+        img[::cell, :, :] = img[::cell, :, :] // 2
+        img[:, ::cell, :] = img[:, ::cell, :] // 2
+    header = np.full((48, max(img.shape[1], 640), 3), 255, np.uint8)
+    for i, line in enumerate(_wrap(title, header.shape[1] // 9)):
+        cv2.putText(header, line, (6, 18 + 20 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    body = np.full((img.shape[0], header.shape[1], 3), 255, np.uint8)
+    body[:, : img.shape[1]] = img
+    return np.concatenate([header, body], axis=0)
+
+
+def _wrap(text: str, width: int):
+    words, line, lines = text.split(), "", []
+    for w in words:
+        if line and len(line) + 1 + len(w) > width:
+            lines.append(line)
+            line = w
+        else:
+            line = f"{line} {w}".strip()
+    lines.append(line)
+    return lines[:2]
+
+
+def save_png(image: np.ndarray, path: str) -> None:
+    import cv2
+
+    if not cv2.imwrite(path, image[..., ::-1]):
+        raise OSError(f"could not write {path!r}")
