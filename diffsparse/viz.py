@@ -51,3 +51,14 @@ def save_png(image: np.ndarray, path: str) -> None:
 
     if not cv2.imwrite(path, image[..., ::-1]):
         raise OSError(f"could not write {path!r}")
+
+
+def label(frames: np.ndarray, text: str) -> np.ndarray:
+    """Frames `(T, H, W, 3)` in [0, 1] with `text` written in the top-left corner (a copy)."""
+    import cv2
+
+    out = np.ascontiguousarray((np.clip(frames, 0, 1) * 255).round().astype(np.uint8))  # putText needs uint8
+    scale = max(0.3, out.shape[2] / 400)
+    for f in out:
+        cv2.putText(f, text, (4, int(14 * scale) + 2), cv2.FONT_HERSHEY_SIMPLEX, 0.45 * scale, (255, 255, 255), 1, cv2.LINE_AA)
+    return out.astype(np.float32) / 255.0

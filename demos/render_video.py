@@ -1,0 +1,37 @@
+"""Render one video with a sparse-attention method and print its density and time.
+
+    python demos/render_video.py --method radial --out radial.mp4
+    python demos/render_video.py --model /path/to/Wan2.1-T2V-1.3B-Diffusers --height 480 --width 832 --frames 81
+"""
+
+import argparse
+
+import torch
+from diffusers.utils import export_to_video
+
+import diffsparse
+from diffsparse.render import DEFAULT_MODEL_NOTE, default_video_pipeline, load_pipeline, render
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--method", default="radial", choices=diffsparse.list_methods())
+parser.add_argument("--model", help="local Diffusers Wan/HunyuanVideo pipeline folder (default: embedded model)")
+parser.add_argument("--prompt", default="a red square moving left on a striped background")
+parser.add_argument("--frames", type=int, default=17)
+parser.add_argument("--height", type=int, default=128)
+parser.add_argument("--width", type=int, default=128)
+parser.add_argument("--steps", type=int, default=8)
+parser.add_argument("--out", default="video.mp4")
+args = parser.parse_args()
+
+device = "cuda" if torch.cuda.is_available() else "cpu"
+if args.model:
+    pipe = load_pipeline(args.model, device, torch.bfloat16 if device == "cuda" else None)
+else:
+    print(DEFAULT_MODEL_NOTE)
+    pipe = default_video_pipeline(device)
+
+result = render(pipe, args.method, prompt=args.prompt, frames=args.frames, height=args.height, width=args.width, steps=args.steps)
+export_to_video(list(result.frames), args.out, fps=8)
+density = result.stats["density"]
+print(f"{args.out}: density {density if density is None else round(density, 3)}, "
+      f"DiT {result.dit_seconds:.2f} s of {result.total_seconds:.2f} s total")
