@@ -79,6 +79,28 @@ def _show_mask(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    """Run the benchmark scripts of a source checkout (they live in eval/, next to the package)."""
+    import importlib.util
+    from pathlib import Path
+
+    eval_dir = Path(__file__).resolve().parent.parent / "eval"
+    scripts = {"attention": "bench_attention.py", "transformer": "bench_transformer.py"}
+    chosen = list(scripts) if args.which == "all" else [args.which]
+    for name in chosen:
+        path = eval_dir / scripts[name]
+        if not path.exists():
+            raise SystemExit(f"error: {path} not found; `diffsparse bench` needs a source checkout of diffsparse")
+        spec = importlib.util.spec_from_file_location(f"diffsparse_bench_{name}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        print(f"== {scripts[name]} {' '.join(args.extra)}".rstrip())
+        rc = module.main(args.extra)
+        if rc:
+            return rc
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diffsparse", description="Sparse attention for Diffusers video/image DiTs.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -109,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--opt", action="append", help="method option key=value (repeatable)")
     m.add_argument("--out", default="mask.png")
     m.set_defaults(func=_show_mask)
+
+    b = sub.add_parser("bench", help="run the benchmark scripts (ratios measured in one run)")
+    b.add_argument("which", nargs="?", choices=["all", "attention", "transformer"], default="all")
+    b.add_argument("extra", nargs=argparse.REMAINDER, help="arguments passed to the script(s), e.g. --device cuda")
+    b.set_defaults(func=_bench)
     return parser
 
 

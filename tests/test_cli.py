@@ -54,3 +54,10 @@ def test_token_grid_matches_released_models():
     assert diffsparse.token_grid("flux", 1, 1024, 1024).dims == (1, 64, 64)
     with pytest.raises(ValueError, match="impossible video size"):
         diffsparse.token_grid("wan", 0, 480, 832)
+
+
+def test_bench_runs_the_transformer_script(capsys):
+    assert main(["bench", "transformer", "--frames", "2", "--height", "8", "--width", "8", "--repeats", "1",
+                 "--layers", "1", "--methods", "dense,grat", "--block-size", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "speed-up" in out and "grat" in out and "device:" in out
