@@ -77,6 +77,7 @@ class SparseHandle:
         timesteps = getattr(getattr(self.pipe, "scheduler", None), "timesteps", None)
         return None if timesteps is None else len(timesteps)
 
+    @torch.compiler.disable
     def runs_dense(self, layer: int) -> bool:
         return layer < self.settings.dense_layers or self.state.step < self.dense_step_count()
 
@@ -88,6 +89,7 @@ class SparseHandle:
             self._layouts[key] = self.method.video_layout(grid, bq, bk)
         return self._layouts[key]
 
+    @torch.compiler.disable  # Python-side planning: keep it out of compiled graphs
     def plan(self, spans: TokenSpans, key_text: Optional[torch.Tensor], device: torch.device) -> Plan:
         """Plan for one call geometry; cached per (method, grid, text, key text, blocks, device)."""
         bq, bk = self.settings.block_size
@@ -139,6 +141,7 @@ class SparseHandle:
         self._record(layer, dense=False, kept=kept, total=total)
         return out
 
+    @torch.compiler.disable
     def _geometry(self, q, text_len, text_first, key_mask):
         """Split the batch by usable text keys. Returns ([(rows, spans, key_text)], fallback reason)."""
         grid = self.state.grid
@@ -167,6 +170,7 @@ class SparseHandle:
         return groups, None
 
     # ---------------------------------------------------------------- bookkeeping
+    @torch.compiler.disable
     def _record(self, layer: int, dense: bool, kept: int = 0, total: int = 0) -> None:
         st = self._layer_stats.setdefault(layer, LayerStats())
         if st.last_forward == self.state.forward_id:

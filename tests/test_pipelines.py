@@ -154,3 +154,15 @@ def test_gradient_checkpointing_counts_once_and_trains():
     assert stats["sparse_calls"] == 2  # 2 layers, not doubled by the recompute in backward
     grads = [p.grad for p in tr.blocks[1].attn1.to_q.parameters()]
     assert all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
+
+
+def test_torch_compile_matches_eager():
+    tr = tiny_wan_pipeline().transformer
+    x, ehs = torch.randn(1, 16, 3, 6, 10), torch.randn(1, 8, 32)
+    handle = diffsparse.enable_sparse_attention(tr, method="radial", dense_steps=0, dense_layers=0, block_size=4, decay_factor=0.5)
+    eager = tr(x, torch.tensor([400]), ehs, return_dict=False)[0]
+    compiled = torch.compile(tr, backend="aot_eager")(x, torch.tensor([300]), ehs, return_dict=False)[0]
+    assert handle.stats()["sparse_calls"] == 4
+    handle.reset()
+    assert torch.allclose(compiled, tr(x, torch.tensor([300]), ehs, return_dict=False)[0], atol=1e-6)
+    assert torch.isfinite(eager).all()
