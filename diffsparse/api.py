@@ -13,6 +13,7 @@ from .handle import Settings, SparseHandle
 from .hooks import StepTrackerHook, install_hook, remove_hook
 from .kernels import BACKENDS, normalize_block_size
 from .methods import get_method
+from .parallel import check_parallel_support
 from .pipelines import find_adapter, supported_models
 from .plan import Plan, build_plan
 
@@ -102,8 +103,7 @@ def enable_sparse_attention(pipe: Any, method: str = "radial", **options: Any) -
                     f"{type(module).__name__} uses processor {type(proc).__name__}; diffsparse patches only the stock "
                     f"{adapter.stock_processor.__name__} (disable other attention plug-ins first)"
                 )
-            elif getattr(proc, "_parallel_config", None) is not None:
-                raise NotImplementedError("diffsparse does not yet run under Diffusers context parallelism")
+            check_parallel_support(getattr(proc, "_parallel_config", None))
             modules.append((module, proc))
 
     disable_sparse_attention(pipe)  # replace any previous configuration

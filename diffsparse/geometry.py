@@ -71,11 +71,21 @@ class TokenSpans:
     """Where video and text tokens sit in one attention call's sequence (model order).
 
     `text_first`: FLUX puts text before the image; HunyuanVideo after the video; Wan has no text.
+    `chunks`: under Ulysses context parallelism the gathered sequence is the ranks' local
+    sequences one after another, each `[video_r ; text_r]` (or `[text_r ; video_r]`), with
+    video and text split evenly over the ranks; `chunks = 1` is the ordinary layout.
     """
 
     grid: Grid
     text_len: int = 0
     text_first: bool = False
+    chunks: int = 1
+
+    def __post_init__(self) -> None:
+        if self.video_len % self.chunks or self.text_len % self.chunks:
+            raise ValueError(
+                f"{self.video_len} video / {self.text_len} text tokens do not split evenly over {self.chunks} ranks"
+            )
 
     @property
     def video_len(self) -> int:
@@ -85,10 +95,16 @@ class TokenSpans:
     def total_len(self) -> int:
         return self.video_len + self.text_len
 
-    @property
-    def video_offset(self) -> int:
-        return self.text_len if self.text_first else 0
+    def _positions(self, length: int, own_first: bool) -> torch.Tensor:
+        per_rank_own, per_rank_other = length // self.chunks, (self.total_len - length) // self.chunks
+        i = torch.arange(length)
+        rank, local = i // per_rank_own, i % per_rank_own
+        return rank * (per_rank_own + per_rank_other) + (0 if own_first else per_rank_other) + local
 
-    @property
-    def text_offset(self) -> int:
-        return 0 if self.text_first else self.video_len
+    def video_positions(self) -> torch.Tensor:
+        """Model position of each raster video token, `(Nv,)`."""
+        return self._positions(self.video_len, not self.text_first)
+
+    def text_positions(self) -> torch.Tensor:
+        """Model position of each text token, `(Nt,)`."""
+        return self._positions(self.text_len, self.text_first) if self.text_len else torch.zeros(0, dtype=torch.long)

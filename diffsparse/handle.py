@@ -112,15 +112,38 @@ class SparseHandle:
         text_first: bool,
         key_mask: Optional[torch.Tensor],
         dense: Callable[[], torch.Tensor],
+        parallel_config: Any = None,
     ) -> torch.Tensor:
         """Attention for one self-attention call. q/k/v `(B, S, H, D)` in model order -> `(B, S, H, D)`.
 
-        `dense` runs the stock attention (used for dense layers/steps and for fallbacks).
+        `dense` runs the stock attention (dense layers/steps and fallbacks). With a Diffusers
+        `parallel_config` the sequence is rank-local and the sparse attention runs inside
+        Ulysses context parallelism (see `parallel.py`).
         """
         if self.runs_dense(layer):
             self._record(layer, dense=True)
             return dense()
-        groups, reason = self._geometry(q, text_len, text_first, key_mask)
+        if parallel_config is not None:
+            from .parallel import context_parallel_attention
+
+            return context_parallel_attention(self, layer, q, k, v, text_first, key_mask, parallel_config, dense)
+        return self.sparse(layer, q, k, v, text_len=text_len, text_first=text_first, key_mask=key_mask, dense=dense)
+
+    def sparse(
+        self,
+        layer: int,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        *,
+        text_len: int,
+        text_first: bool,
+        key_mask: Optional[torch.Tensor],
+        dense: Callable[[], torch.Tensor],
+        chunks: int = 1,
+    ) -> torch.Tensor:
+        """Sparse attention over a whole sequence (`chunks` > 1: gathered Ulysses layout)."""
+        groups, reason = self._geometry(q, text_len, text_first, key_mask, chunks)
         if reason is not None:
             self._fallback(reason)
             self._record(layer, dense=True)
@@ -142,23 +165,25 @@ class SparseHandle:
         return out
 
     @torch.compiler.disable
-    def _geometry(self, q, text_len, text_first, key_mask):
+    def _geometry(self, q, text_len, text_first, key_mask, chunks=1):
         """Split the batch by usable text keys. Returns ([(rows, spans, key_text)], fallback reason)."""
         grid = self.state.grid
         if grid is None:
             return [], self.state.geometry_error or "latent grid unknown (transformer called without the hook?)"
         if q.shape[1] != grid.numel + text_len:
             return [], f"sequence of {q.shape[1]} tokens does not match grid {grid.dims} + {text_len} text tokens"
-        spans = TokenSpans(grid, text_len, text_first)
+        try:
+            spans = TokenSpans(grid, text_len, text_first, chunks)
+        except ValueError as err:
+            return [], str(err)
         if key_mask is None:
             return [(None, spans, None)], None
         if key_mask.dtype != torch.bool or key_mask.numel() != q.shape[0] * q.shape[1]:
             return [], f"attention mask of shape {tuple(key_mask.shape)} / {key_mask.dtype} is not a bool key mask"
         keys = key_mask.reshape(q.shape[0], q.shape[1])
-        video = keys[:, spans.video_offset : spans.video_offset + spans.video_len]
-        if not bool(video.all()):
+        if not bool(keys[:, spans.video_positions().to(keys.device)].all()):
             return [], "attention mask hides video tokens"
-        text = keys[:, spans.text_offset : spans.text_offset + text_len]
+        text = keys[:, spans.text_positions().to(keys.device)]
         if bool(text.all()):
             return [(None, spans, None)], None
         groups = []

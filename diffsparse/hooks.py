@@ -20,8 +20,11 @@ from .geometry import Grid
 
 HOOK_NAME = "diffsparse_step_tracker"
 
-#: reads (grid or None, timestep tensor or None, text length) from a transformer's bound forward args
-ContextReader = Callable[[torch.nn.Module, Dict[str, Any]], Tuple[Optional[Grid], Optional[torch.Tensor], int]]
+#: reads (grid, timestep, text length) from a transformer's bound forward args; the last argument
+#: is (rank, world) when context parallelism split those args before this hook saw them, else None
+ContextReader = Callable[
+    [torch.nn.Module, Dict[str, Any], Optional[Tuple[int, int]]], Tuple[Optional[Grid], Optional[torch.Tensor], int]
+]
 
 
 @dataclass
@@ -58,7 +61,7 @@ class StepTrackerHook(ModelHook):
     def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any):
         bound = self._signature.bind_partial(module, *args, **kwargs).arguments
         try:
-            grid, timestep, text_len = self.reader(module, bound)
+            grid, timestep, text_len = self.reader(module, bound, inputs_split_by_context_parallelism(module))
             self.state.geometry_error = None
         except ValueError as err:  # unusual token layout: processors fall back to dense and report it
             grid, timestep, text_len = None, bound.get("timestep"), 0
@@ -76,6 +79,23 @@ class StepTrackerHook(ModelHook):
         self.state.reset()
         self.on_reset()
         return module
+
+
+def inputs_split_by_context_parallelism(module: torch.nn.Module) -> Optional[Tuple[int, int]]:
+    """(rank, world) if a Diffusers context-parallel input hook on `module` runs before ours.
+
+    Hooks registered later run first; a model whose CP plan splits its root inputs (FLUX) and
+    that got `enable_parallelism` after `enable_sparse_attention` hands us rank-local inputs.
+    """
+    registry = getattr(module, "_diffusers_hook", None)
+    config = getattr(module, "_parallel_config", None)
+    cp = getattr(config, "context_parallel_config", None)
+    if registry is None or cp is None or HOOK_NAME not in registry._hook_order:
+        return None
+    outer = registry._hook_order[registry._hook_order.index(HOOK_NAME) + 1 :]
+    if not any(name.startswith("cp_input---") for name in outer):
+        return None
+    return cp._ulysses_local_rank or 0, cp.ulysses_degree
 
 
 def install_hook(transformer: torch.nn.Module, hook: StepTrackerHook) -> None:

@@ -78,10 +78,12 @@ def build_plan(
     nv, nt = spans.video_len, spans.text_len
     kt = nt if key_text is None else int(key_text.numel())
     mask = full_mask(video_mask, nv, nt, kt, block_q, block_k)
-    video_pos = torch.arange(nv) if video_order is None else video_order.long()
-    q_order = torch.cat([spans.video_offset + video_pos, spans.text_offset + torch.arange(nt)])
-    k_text_pos = torch.arange(nt) if key_text is None else key_text.long()
-    k_order = torch.cat([spans.video_offset + video_pos, spans.text_offset + k_text_pos])
+    video_pos = spans.video_positions()
+    if video_order is not None:
+        video_pos = video_pos[video_order.long()]
+    text_pos = spans.text_positions()
+    q_order = torch.cat([video_pos, text_pos])
+    k_order = torch.cat([video_pos, text_pos if key_text is None else text_pos[key_text.long()]])
     identity_q = bool(torch.equal(q_order, torch.arange(q_order.numel())))
     # Trimmed text keys are never the identity, even when they are a prefix.
     identity_k = kt == nt and bool(torch.equal(k_order, torch.arange(k_order.numel())))

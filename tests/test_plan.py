@@ -32,13 +32,13 @@ def test_plan_text_sink_padding_and_permutation(text_first, key_text):
     plan = build_plan(order, vmask, spans, key_text, *block)
     n_keys = spans.video_len + (nt if key_text is None else key_text.numel())
     m = model_order_token_mask(plan, spans, n_keys)
-    text = torch.arange(spans.text_offset, spans.text_offset + nt)
-    valid = text if key_text is None else spans.text_offset + key_text
+    text = spans.text_positions()
+    valid = text if key_text is None else text[key_text]
     padded = sorted(set(text.tolist()) - set(valid.tolist()))
     assert m[text].sum(1).eq(spans.video_len + valid.numel()).all()  # text rows: every usable key
     assert m[:, valid].all()  # text columns dense
     assert not m[:, padded].any()  # padded text keys never read
-    video = torch.arange(spans.video_offset, spans.video_offset + spans.video_len)
+    video = spans.video_positions()
     assert not m[video][:, video].all()  # the video part is genuinely sparse
 
     q, k, v = (torch.randn(2, spans.total_len, 3, 8, dtype=torch.float64) for _ in range(3))

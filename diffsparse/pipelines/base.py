@@ -31,8 +31,13 @@ class ModelAdapter:
         raise NotImplementedError
 
     @staticmethod
-    def read_context(transformer: torch.nn.Module, args: Dict[str, Any]) -> Tuple[Optional[Grid], Any, int]:
-        """(grid, timestep, text length) from the transformer's bound forward arguments."""
+    def read_context(
+        transformer: torch.nn.Module, args: Dict[str, Any], split: Optional[Tuple[int, int]] = None
+    ) -> Tuple[Optional[Grid], Any, int]:
+        """(grid, timestep, global text length) from the transformer's bound forward arguments.
+
+        `split` = (rank, world) when context parallelism already split the arguments into rank chunks.
+        """
         raise NotImplementedError
 
     @staticmethod
@@ -46,10 +51,3 @@ def video_grid(hidden_states: torch.Tensor, patch: Tuple[int, int, int]) -> Grid
         raise ValueError(f"expected video latents (B, C, F, H, W), got {getattr(hidden_states, 'shape', None)}")
     _, _, f, h, w = hidden_states.shape
     return Grid(f // patch[0], h // patch[1], w // patch[2])
-
-
-def copy_dispatch_settings(src: Any, dst: Any) -> Any:
-    """Keep the stock processor's attention backend (and parallel config) on our processor."""
-    dst._attention_backend = getattr(src, "_attention_backend", None)
-    dst._parallel_config = getattr(src, "_parallel_config", None)
-    return dst

@@ -3,6 +3,8 @@ so the hook reads it from `encoder_hidden_states` / `txt_ids` and the processor 
 
 from __future__ import annotations
 
+from typing import Optional, Tuple
+
 import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.embeddings import apply_rotary_emb
@@ -16,17 +18,30 @@ from ..geometry import Grid
 from .base import ModelAdapter
 
 
-def image_grid(img_ids: torch.Tensor) -> Grid:
-    """Grid `(1, H', W')` from FLUX `img_ids` `(S, 3)` whose rows/cols (ids[:, 1:]) form a raster."""
+def image_grid(img_ids: torch.Tensor, split: Optional[Tuple[int, int]] = None) -> Grid:
+    """Grid `(1, H', W')` from FLUX `img_ids` `(S, 3)` whose rows/cols (ids[:, 1:]) form a raster.
+
+    With `split` = (rank, world) the ids are rank `rank`'s equal chunk of the raster (context
+    parallelism split them first); the whole grid is recovered from the chunk.
+    """
     if img_ids is None:
         raise ValueError("FLUX transformer called without img_ids")
     ids = img_ids[0] if img_ids.dim() == 3 else img_ids
     rows, cols = ids[:, 1].long(), ids[:, 2].long()
-    h, w = int(rows.max()) + 1, int(cols.max()) + 1
+    rank, world = split or (0, 1)
     n = ids.shape[0]
-    pos = torch.arange(n, device=ids.device)
-    if n != h * w or not (torch.equal(rows, pos // w) and torch.equal(cols, pos % w)):
-        raise ValueError(f"image tokens ({n}) are not one {h}x{w} raster (e.g. extra conditioning images)")
+    wraps = torch.nonzero(cols[1:] < cols[:-1]).flatten()
+    if world == 1:
+        w = int(cols.max()) + 1
+    elif wraps.numel():
+        w = int(cols[wraps[0]]) + 1
+    else:
+        raise ValueError(f"rank {rank}'s {n} image tokens hold less than one row; cannot recover the image grid")
+    total = n * world
+    h = total // w
+    pos = rank * n + torch.arange(n, device=ids.device)
+    if h * w != total or not (torch.equal(rows, pos // w) and torch.equal(cols, pos % w)):
+        raise ValueError(f"image tokens ({total}) are not one {h}x{w} raster (e.g. extra conditioning images)")
     return Grid(1, h, w)
 
 
@@ -57,7 +72,8 @@ class FluxSparseProcessor(FluxAttnProcessor):
 
         n_txt = encoder_hidden_states.shape[1] if encoder_hidden_states is not None else self.handle.state.text_len
         out = self.handle.attend(
-            self.layer, query, key, value, text_len=n_txt, text_first=True, key_mask=attention_mask, dense=dense
+            self.layer, query, key, value, text_len=n_txt, text_first=True, key_mask=attention_mask, dense=dense,
+            parallel_config=self._parallel_config,
         )
         out = out.flatten(2, 3).to(query.dtype)
         if encoder_hidden_states is not None:
@@ -77,10 +93,11 @@ class FluxAdapter(ModelAdapter):
         return [b.attn for b in transformer.transformer_blocks] + [b.attn for b in transformer.single_transformer_blocks]
 
     @staticmethod
-    def read_context(transformer, args):
+    def read_context(transformer, args, split=None):
         ehs, txt_ids = args.get("encoder_hidden_states"), args.get("txt_ids")
         n_txt = ehs.shape[1] if ehs is not None else (txt_ids.shape[-2] if txt_ids is not None else 0)
-        return image_grid(args.get("img_ids")), args.get("timestep"), n_txt
+        world = split[1] if split else 1
+        return image_grid(args.get("img_ids"), split), args.get("timestep"), n_txt * world
 
     @staticmethod
     def make_processor(handle, layer):

@@ -62,7 +62,8 @@ class HunyuanVideoSparseProcessor(HunyuanVideoAttnProcessor2_0):
 
         n_txt = 0 if encoder_hidden_states is None else encoder_hidden_states.shape[1]
         out = self.handle.attend(
-            self.layer, query, key, value, text_len=n_txt, text_first=False, key_mask=attention_mask, dense=dense
+            self.layer, query, key, value, text_len=n_txt, text_first=False, key_mask=attention_mask, dense=dense,
+            parallel_config=self._parallel_config,
         )
         out = out.flatten(2, 3).to(query.dtype)
         if encoder_hidden_states is not None:
@@ -84,7 +85,7 @@ class HunyuanVideoAdapter(ModelAdapter):
         return [b.attn for b in transformer.transformer_blocks] + [b.attn for b in transformer.single_transformer_blocks]
 
     @staticmethod
-    def read_context(transformer, args):
+    def read_context(transformer, args, split=None):
         cfg = transformer.config
         grid = video_grid(args.get("hidden_states"), (cfg.patch_size_t, cfg.patch_size, cfg.patch_size))
         return grid, args.get("timestep"), 0

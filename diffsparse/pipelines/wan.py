@@ -45,7 +45,8 @@ class WanSparseProcessor(WanAttnProcessor):
             )
 
         out = self.handle.attend(
-            self.layer, query, key, value, text_len=0, text_first=False, key_mask=attention_mask, dense=dense
+            self.layer, query, key, value, text_len=0, text_first=False, key_mask=attention_mask, dense=dense,
+            parallel_config=self._parallel_config,
         )
         out = out.flatten(2, 3).type_as(query)
         return attn.to_out[1](attn.to_out[0](out))
@@ -61,7 +62,7 @@ class WanAdapter(ModelAdapter):
         return [block.attn1 for block in transformer.blocks]
 
     @staticmethod
-    def read_context(transformer, args):
+    def read_context(transformer, args, split=None):
         grid = video_grid(args.get("hidden_states"), tuple(transformer.config.patch_size))
         return grid, args.get("timestep"), 0
 

@@ -1,0 +1,78 @@
+"""Sparse attention inside Diffusers' Ulysses context parallelism.
+
+Under `transformer.enable_parallelism(ContextParallelConfig(ulysses_degree=N))` each rank holds a
+slice of the sequence with all heads. Diffusers' templated CP attention all-to-alls q/k/v so that
+its `forward_op` sees the *whole* sequence with H/N heads, then all-to-alls the output back. We
+plug our sparse attention in as that forward op: grid layouts stay valid because the gathered
+sequence is the ranks' chunks in order (each `[video_r ; text_r]`), which `TokenSpans(chunks=N)`
+describes. Ring attention (key chunks rotating between ranks) would need global block offsets in
+the kernel and is refused with a clear error.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import torch
+
+
+def _ulysses(config: Any):
+    cp = getattr(config, "context_parallel_config", None)
+    if cp is None:
+        raise NotImplementedError("diffsparse runs only under context parallelism, not tensor parallelism")
+    if cp.ring_degree > 1:
+        raise NotImplementedError(
+            f"ring attention (ring_degree={cp.ring_degree}) is not supported with sparse attention; "
+            "use ContextParallelConfig(ulysses_degree=N)"
+        )
+    if getattr(cp, "ulysses_anything", False):
+        raise NotImplementedError("ulysses_anything (uneven splits) is not supported with sparse attention")
+    return cp
+
+
+def context_parallel_attention(handle, layer: int, q, k, v, text_first: bool, key_mask, config: Any, dense: Callable):
+    """Rank-local q/k/v `(B, S/N, H, D)` -> rank-local output, sparse over the gathered sequence."""
+    from diffusers.models.attention_dispatch import _templated_context_parallel_attention
+
+    cp = _ulysses(config)
+    world = cp.ulysses_degree
+    grid = handle.state.grid
+    if grid is None or grid.numel % world:
+        return dense()  # the stock CP path handles (or rejects) what we cannot lay out
+    local_text = q.shape[1] - grid.numel // world
+    if key_mask is not None:
+        handle._fallback("attention masks are not supported under context parallelism")
+        return dense()
+
+    def forward_op(ctx, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                   enable_gqa=False, return_lse=False, _save_ctx=True, _parallel_config=None):
+        if return_lse:
+            raise NotImplementedError("sparse Ulysses forward does not return LSE")
+        if _save_ctx:
+            ctx.save_for_backward(query, key, value)
+
+        def gathered_dense():
+            qh, kh, vh = (x.transpose(1, 2) for x in (query, key, value))
+            return torch.nn.functional.scaled_dot_product_attention(qh, kh, vh, scale=scale).transpose(1, 2)
+
+        return handle.sparse(
+            layer, query, key, value, text_len=local_text * world, text_first=text_first, key_mask=None,
+            dense=gathered_dense, chunks=world,
+        )
+
+    def backward_op(ctx, grad_out, *args, **kwargs):
+        query, key, value = (x.detach().requires_grad_(True) for x in ctx.saved_tensors)
+        with torch.enable_grad():
+            out = forward_op(ctx, query, key, value, _save_ctx=False)
+        return torch.autograd.grad(out, (query, key, value), grad_out)
+
+    return _templated_context_parallel_attention(
+        q, k, v, None, 0.0, False, None, False, False,
+        forward_op=forward_op, backward_op=backward_op, _parallel_config=config,
+    )
+
+
+def check_parallel_support(config: Optional[Any]) -> None:
+    """Raise before enabling when a model's parallel config cannot run sparse attention."""
+    if config is not None:
+        _ulysses(config)
