@@ -16,6 +16,8 @@ def _render(args: argparse.Namespace) -> int:
 
     if args.method not in list_methods():
         raise SystemExit(f"error: unknown method {args.method!r}; choose one of {list_methods()}")
+    if args.prompts:
+        return _render_batch(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.model:
         pipe = R.load_pipeline(args.model, device, torch.bfloat16 if device == "cuda" else None)
@@ -43,6 +45,23 @@ def _render(args: argparse.Namespace) -> int:
         print(f"{'dense':<10}{dense.dit_seconds:>8.2f}{1.0:>10.2f}{1.0:>9.3f}{'-':>9}")
         print(f"{args.method:<10}{sparse.dit_seconds:>8.2f}{dense.dit_seconds / sparse.dit_seconds:>10.2f}"
               f"{(density if density is not None else 1.0):>9.3f}{('identical' if p is None else f'{p:.2f}'):>9}")
+    return 0
+
+
+def _render_batch(args: argparse.Namespace) -> int:
+    from .batch import render_batch
+
+    with open(args.prompts) as f:
+        prompts = [line.strip() for line in f if line.strip()]
+    out_dir = args.out if not args.out.endswith(".mp4") else args.out[:-4]
+    method_opts = {} if args.dense_steps is None else {"dense_steps": args.dense_steps}
+    manifest = render_batch(
+        prompts, out_dir, args.method, args.num_processes, args.model, method_opts,
+        frames=args.frames, height=args.height, width=args.width, steps=args.steps, seed=args.seed,
+    )
+    for row in manifest:
+        print(f"{row['file']}: DiT {row['dit_seconds']:.2f} s, density {row['density']}")
+    print(f"wrote {len(manifest)} videos to {out_dir}/ (manifest.json)")
     return 0
 
 
@@ -118,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dense-steps", type=int, default=None, help="leading dense steps (default: method preset)")
     r.add_argument("--device", default=None)
     r.add_argument("--compare", choices=["dense"], default=None, help="also render dense and write a side-by-side video")
+    r.add_argument("--prompts", default=None, help="text file, one prompt per line: batch mode, --out is a folder")
+    r.add_argument("--num-processes", type=int, default=1, help="batch mode: processes (one GPU each, or CPU)")
     r.set_defaults(func=_render)
 
     m = sub.add_parser("show-mask", help="draw a method's block layout as a PNG")

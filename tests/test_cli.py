@@ -61,3 +61,19 @@ def test_bench_runs_the_transformer_script(capsys):
                  "--layers", "1", "--methods", "dense,grat", "--block-size", "8"]) == 0
     out = capsys.readouterr().out
     assert "speed-up" in out and "grat" in out and "device:" in out
+
+
+@pytest.mark.slow
+def test_batch_render_two_processes_writes_each_prompt_once(tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red square moving left\n\na blue circle bouncing\na green triangle growing\n")
+    out = tmp_path / "videos"
+    assert main(["render", "--prompts", str(prompts), "--num-processes", "2", "--out", str(out), "--frames", "5",
+                 "--height", "32", "--width", "32", "--steps", "1", "--method", "grat"]) == 0
+    files = sorted(p.name for p in out.glob("*.mp4"))
+    assert files == ["0000_a_red_square_moving_left.mp4", "0001_a_blue_circle_bouncing.mp4", "0002_a_green_triangle_growing.mp4"]
+    import json
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [row["index"] for row in manifest] == [0, 1, 2]
+    assert not list(out.glob(".rank*"))
