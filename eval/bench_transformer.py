@@ -8,6 +8,8 @@ density is the fraction of attention blocks computed.
     python eval/bench_transformer.py                       # CPU default
     python eval/bench_transformer.py --frames 21 --height 60 --width 104 --heads 12 --head-dim 128 \
         --layers 30 --device cuda --dtype bf16             # Wan2.1-1.3B at 480p, 81 frames
+    torchrun --nproc_per_node 8 eval/bench_transformer.py --ulysses 8 --device cuda --dtype bf16 \
+        --frames 21 --height 90 --width 160 --heads 40 --head-dim 128 --layers 4   # Wan-14B 720p on 8 GPUs
 """
 
 from __future__ import annotations
@@ -64,6 +66,25 @@ class AttentionTimer:
         self.total += time.perf_counter() - self._t
 
 
+def setup_parallel(args) -> int:
+    """Join the torchrun process group when --ulysses > 1; returns this process's rank."""
+    if args.ulysses <= 1:
+        return 0
+    import os
+
+    import torch.distributed as dist
+
+    dist.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
+    if args.device.startswith("cuda"):
+        args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        torch.cuda.set_device(args.device)
+    else:
+        torch.accelerator.device_count = lambda: 1  # CPU runs: Diffusers asks the accelerator for its mesh
+    if dist.get_world_size() != args.ulysses:
+        raise SystemExit(f"--ulysses {args.ulysses} but torchrun started {dist.get_world_size()} processes")
+    return dist.get_rank()
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--frames", type=int, default=13, help="latent frames")
@@ -78,16 +99,23 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--ulysses", type=int, default=1, help="context-parallel degree (launch with torchrun)")
     args = p.parse_args(argv)
+    rank = setup_parallel(args)
 
     model, dtype = build(args)
+    if args.ulysses > 1:
+        from diffusers import ContextParallelConfig
+
+        model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=args.ulysses))
     timer = AttentionTimer(model, args.device)
     x = torch.randn(1, 16, args.frames, args.height, args.width, device=args.device, dtype=dtype)
     ehs = torch.randn(1, 16, 64, device=args.device, dtype=dtype)
     grid = (args.frames, args.height // 2, args.width // 2)
-    print(f"# {' '.join(sys.argv)}")
-    print(f"# device: {device_name(args.device)}; torch {torch.__version__}; {args.dtype}")
-    print(f"# Wan transformer: {args.layers} layers, {args.heads} heads x {args.head_dim}, ffn {args.ffn}; "
+    say = print if rank == 0 else (lambda *a, **k: None)
+    say(f"# {' '.join(sys.argv)}")
+    say(f"# device: {device_name(args.device)}; torch {torch.__version__}; {args.dtype}; ulysses {args.ulysses}")
+    say(f"# Wan transformer: {args.layers} layers, {args.heads} heads x {args.head_dim}, ffn {args.ffn}; "
           f"grid {grid} = {grid[0] * grid[1] * grid[2]} tokens; block {args.block_size}")
 
     def run():
@@ -123,9 +151,9 @@ def main(argv=None) -> int:
             handle.reset_stats()
     diffsparse.disable_sparse_attention(model)
 
-    print(f"{'method':<16}{'density':>9}{'DiT s':>9}{'speed-up':>10}{'attn share':>12}{'max|d| vs stock':>17}")
+    say(f"{'method':<16}{'density':>9}{'DiT s':>9}{'speed-up':>10}{'attn share':>12}{'max|d| vs stock':>17}")
     for name, density, t, speed, share, err in rows:
-        print(f"{name:<16}{density:>9.3f}{t:>9.3f}{speed:>10.2f}{share:>12.2f}{err:>17.2e}")
+        say(f"{name:<16}{density:>9.3f}{t:>9.3f}{speed:>10.2f}{share:>12.2f}{err:>17.2e}")
     return 0
 
 
