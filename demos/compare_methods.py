@@ -10,7 +10,7 @@ import torch
 from diffusers.utils import export_to_video
 
 import diffsparse
-from diffsparse.render import DEFAULT_MODEL_NOTE, default_video_pipeline, load_pipeline, psnr, render
+from diffsparse.render import pipeline_for, psnr, render
 from diffsparse.viz import label
 
 parser = argparse.ArgumentParser()
@@ -23,10 +23,7 @@ parser.add_argument("--steps", type=int, default=8)
 parser.add_argument("--out", default="compare.mp4")
 args = parser.parse_args()
 
-device = "cuda" if torch.cuda.is_available() else "cpu"
-pipe = load_pipeline(args.model, device) if args.model else default_video_pipeline(device)
-if not args.model:
-    print(DEFAULT_MODEL_NOTE)
+pipe = pipeline_for(args.model, "cuda" if torch.cuda.is_available() else "cpu")
 size = dict(frames=args.frames, height=args.height, width=args.width, steps=args.steps)
 
 dense = render(pipe, None, **size)

@@ -10,7 +10,7 @@ import torch
 from diffusers.utils import export_to_video
 
 import diffsparse
-from diffsparse.render import DEFAULT_MODEL_NOTE, default_video_pipeline, load_pipeline, render
+from diffsparse.render import pipeline_for, render
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--method", default="radial", choices=diffsparse.list_methods())
@@ -23,12 +23,7 @@ parser.add_argument("--steps", type=int, default=8)
 parser.add_argument("--out", default="video.mp4")
 args = parser.parse_args()
 
-device = "cuda" if torch.cuda.is_available() else "cpu"
-if args.model:
-    pipe = load_pipeline(args.model, device, torch.bfloat16 if device == "cuda" else None)
-else:
-    print(DEFAULT_MODEL_NOTE)
-    pipe = default_video_pipeline(device)
+pipe = pipeline_for(args.model, "cuda" if torch.cuda.is_available() else "cpu")
 
 result = render(pipe, args.method, prompt=args.prompt, frames=args.frames, height=args.height, width=args.width, steps=args.steps)
 export_to_video(list(result.frames), args.out, fps=8)

@@ -19,11 +19,7 @@ def _render(args: argparse.Namespace) -> int:
     if args.prompts:
         return _render_batch(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if args.model:
-        pipe = R.load_pipeline(args.model, device, torch.bfloat16 if device == "cuda" else None)
-    else:
-        print(R.DEFAULT_MODEL_NOTE)
-        pipe = R.default_video_pipeline(device)
+    pipe = R.pipeline_for(args.model, device)
     opts = dict(prompt=args.prompt, frames=args.frames, height=args.height, width=args.width, steps=args.steps, seed=args.seed)
     method_opts = {}
     if args.dense_steps is not None:

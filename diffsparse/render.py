@@ -73,6 +73,14 @@ def load_pipeline(path: str, device: str = "cpu", dtype: Optional[torch.dtype] =
     return DiffusionPipeline.from_pretrained(path, **kwargs).to(device)
 
 
+def pipeline_for(model: Optional[str], device: str):
+    """The pipeline in the local folder `model`, or the embedded default (saying what it is)."""
+    if model:
+        return load_pipeline(model, device, torch.bfloat16 if device.startswith("cuda") else None)
+    print(DEFAULT_MODEL_NOTE)
+    return default_video_pipeline(device)
+
+
 def prompt_inputs(pipe: Any, prompt: str, seed: int) -> Dict[str, Any]:
     """Pipeline text inputs: the prompt when the pipeline has a text encoder, else embeddings derived from it."""
     if getattr(pipe, "text_encoder", None) is not None:

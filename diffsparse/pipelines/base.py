@@ -51,3 +51,8 @@ def video_grid(hidden_states: torch.Tensor, patch: Tuple[int, int, int]) -> Grid
         raise ValueError(f"expected video latents (B, C, F, H, W), got {getattr(hidden_states, 'shape', None)}")
     _, _, f, h, w = hidden_states.shape
     return Grid(f // patch[0], h // patch[1], w // patch[2])
+
+
+def dual_and_single_stream_attention(transformer: torch.nn.Module) -> List[torch.nn.Module]:
+    """`transformer_blocks[i].attn` then `single_transformer_blocks[j].attn` (FLUX, HunyuanVideo)."""
+    return [b.attn for b in transformer.transformer_blocks] + [b.attn for b in transformer.single_transformer_blocks]

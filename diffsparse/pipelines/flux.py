@@ -15,7 +15,7 @@ from diffusers.models.transformers.transformer_flux import (
 )
 
 from ..geometry import Grid
-from .base import ModelAdapter
+from .base import ModelAdapter, dual_and_single_stream_attention
 
 
 def image_grid(img_ids: torch.Tensor, split: Optional[Tuple[int, int]] = None) -> Grid:
@@ -88,9 +88,7 @@ class FluxAdapter(ModelAdapter):
     transformer_class = FluxTransformer2DModel
     stock_processor = FluxAttnProcessor
 
-    @staticmethod
-    def self_attention_modules(transformer):
-        return [b.attn for b in transformer.transformer_blocks] + [b.attn for b in transformer.single_transformer_blocks]
+    self_attention_modules = staticmethod(dual_and_single_stream_attention)
 
     @staticmethod
     def read_context(transformer, args, split=None):

@@ -15,7 +15,7 @@ from diffusers.models.transformers.transformer_hunyuan_video import (
     HunyuanVideoTransformer3DModel,
 )
 
-from .base import ModelAdapter, video_grid
+from .base import ModelAdapter, dual_and_single_stream_attention, video_grid
 
 
 def _heads(x, heads):
@@ -80,9 +80,7 @@ class HunyuanVideoAdapter(ModelAdapter):
     transformer_class = HunyuanVideoTransformer3DModel
     stock_processor = HunyuanVideoAttnProcessor2_0
 
-    @staticmethod
-    def self_attention_modules(transformer):
-        return [b.attn for b in transformer.transformer_blocks] + [b.attn for b in transformer.single_transformer_blocks]
+    self_attention_modules = staticmethod(dual_and_single_stream_attention)
 
     @staticmethod
     def read_context(transformer, args, split=None):
