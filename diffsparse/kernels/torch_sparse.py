@@ -59,8 +59,10 @@ def torch_block_sparse_attention(
 
     q_rows = torch.nn.functional.pad(q, (0, 0, 0, nq * bq - Sq)).reshape(n_rows, 1, bq, D)
     k_flat, v_flat = k.reshape(B * H, Sk, D), v.reshape(B * H, Sk, Dv)
-    k_tok, v_tok = k.reshape(B * H * Sk, D), v.reshape(B * H * Sk, Dv)  # index_select beats 2-D indexing
-    offsets = torch.arange(bk, device=dev)
+    # Whole key blocks are gathered with one index each (contiguous bk x D copies).
+    pad = (0, 0, 0, nk * bk - Sk)
+    k_blocks = torch.nn.functional.pad(k, pad).reshape(B * H * nk, bk, D)
+    v_blocks = torch.nn.functional.pad(v, pad).reshape(B * H * nk, bk, Dv)
 
     outs: List[torch.Tensor] = []
     lses: List[torch.Tensor] = []
@@ -78,14 +80,13 @@ def torch_block_sparse_attention(
                 order.append(r)
             continue
         n_keys = c * bk - (tail if has_tail else 0)
-        # Kept blocks are ascending, so the partial last block is last: trimming drops its padding.
-        tokens = (indices[rows, :c].unsqueeze(-1) * bk + offsets).reshape(rows.numel(), c * bk)[:, :n_keys]
-        step = max(1, _GATHER_BUDGET // max(1, n_keys * (D + Dv)))
+        blocks = head[rows].unsqueeze(1) * nk + indices[rows, :c]  # (n, c) rows of k_blocks
+        step = max(1, _GATHER_BUDGET // max(1, c * bk * (D + Dv)))
         for s in range(0, rows.numel(), step):
-            r = rows[s : s + step]
-            flat = (head[r].unsqueeze(1) * Sk + tokens[s : s + step]).reshape(-1)
-            kk = k_tok.index_select(0, flat).view(r.numel(), 1, n_keys, D)
-            vv = v_tok.index_select(0, flat).view(r.numel(), 1, n_keys, Dv)
+            r, flat = rows[s : s + step], blocks[s : s + step].reshape(-1)
+            # Kept blocks are ascending, so the partial last block is last: trimming drops its padding.
+            kk = k_blocks.index_select(0, flat).view(r.numel(), 1, c * bk, D)[:, :, :n_keys]
+            vv = v_blocks.index_select(0, flat).view(r.numel(), 1, c * bk, Dv)[:, :, :n_keys]
             o, lse = _fused(q_rows[r], kk, vv, scale)
             outs.append(o)
             lses.append(lse)
