@@ -21,9 +21,7 @@ def _render(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe = R.pipeline_for(args.model, device)
     opts = dict(prompt=args.prompt, frames=args.frames, height=args.height, width=args.width, steps=args.steps, seed=args.seed)
-    method_opts = {}
-    if args.dense_steps is not None:
-        method_opts["dense_steps"] = args.dense_steps
+    method_opts = _method_options(args)
     sparse = R.render(pipe, args.method, **opts, **method_opts)
     export_to_video(list(sparse.frames), args.out, fps=args.fps)
     s = sparse.stats or {}
@@ -50,7 +48,7 @@ def _render_batch(args: argparse.Namespace) -> int:
     with open(args.prompts) as f:
         prompts = [line.strip() for line in f if line.strip()]
     out_dir = args.out if not args.out.endswith(".mp4") else args.out[:-4]
-    method_opts = {} if args.dense_steps is None else {"dense_steps": args.dense_steps}
+    method_opts = _method_options(args)
     manifest = render_batch(
         prompts, out_dir, args.method, args.num_processes, args.model, method_opts,
         frames=args.frames, height=args.height, width=args.width, steps=args.steps, seed=args.seed,
@@ -59,6 +57,16 @@ def _render_batch(args: argparse.Namespace) -> int:
         print(f"{row['file']}: DiT {row['dit_seconds']:.2f} s, density {row['density']}")
     print(f"wrote {len(manifest)} videos to {out_dir}/ (manifest.json)")
     return 0
+
+
+def _method_options(args: argparse.Namespace) -> dict:
+    """Method and shared options from --opt, --dense-steps and --block-size (None = preset)."""
+    opts = _parse_options(args.opt)
+    if args.dense_steps is not None:
+        opts["dense_steps"] = args.dense_steps
+    if args.block_size is not None:
+        opts["block_size"] = args.block_size
+    return opts
 
 
 def _parse_options(pairs: List[str]) -> dict:
@@ -131,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--fps", type=int, default=8)
     r.add_argument("--dense-steps", type=int, default=None, help="leading dense steps (default: method preset)")
+    r.add_argument("--block-size", type=int, default=None, help="kernel block size (default: 128)")
+    r.add_argument("--opt", action="append", help="method option key=value (repeatable), e.g. decay_factor=0.5")
     r.add_argument("--device", default=None)
     r.add_argument("--compare", choices=["dense"], default=None, help="also render dense and write a side-by-side video")
     r.add_argument("--prompts", default=None, help="text file, one prompt per line: batch mode, --out is a folder")
