@@ -1,0 +1,68 @@
+"""Small trained reference models shipped with diffsparse (offline, no downloads).
+
+    from diffsparse.reference import load_pipeline
+    pipe = load_pipeline("video")                    # a ready diffusers.WanPipeline
+    video = pipe(prompt="a red square moving left on a striped background", num_frames=17,
+                 height=64, width=64, num_inference_steps=20, guidance_scale=4.0,
+                 generator=torch.Generator().manual_seed(0), output_type="np").frames[0]
+
+The video model is a small `WanTransformer3DModel` with a tiny T5 text encoder and a lossless
+space-to-depth autoencoder (`vae.SpaceToDepthVAE`), trained with `diffsparse.reference.train` on the
+procedural captioned videos of `diffsparse.reference.data` at 64x64, 17 frames. See
+`eval/results/reference/` for the recipe and measured quality.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+
+WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
+VIDEO_WEIGHTS = os.path.join(WEIGHTS_DIR, "video")
+
+# what the model was trained at; RoPE lets it render other sizes and lengths (quality degrades away from these)
+VIDEO_DEFAULTS = {"num_frames": 17, "height": 64, "width": 64, "num_inference_steps": 20, "guidance_scale": 4.0}
+
+
+def available(kind: str = "video") -> bool:
+    path = VIDEO_WEIGHTS if kind == "video" else None
+    return path is not None and os.path.isfile(os.path.join(path, "transformer", "config.json"))
+
+
+def load_video_pipeline(path: str = VIDEO_WEIGHTS, device: str = "cpu", dtype: Optional[torch.dtype] = None):
+    """A `WanPipeline` from a weights folder written by `train.py` (`Trainer.export`)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+    from transformers import PreTrainedTokenizerFast, T5EncoderModel
+
+    from .vae import SpaceToDepthVAE
+
+    if not os.path.isfile(os.path.join(path, "transformer", "config.json")):
+        raise FileNotFoundError(f"no reference video weights under {path!r}")
+    kw = {"local_files_only": True}
+    transformer = WanTransformer3DModel.from_pretrained(os.path.join(path, "transformer"), **kw)
+    text_encoder = T5EncoderModel.from_pretrained(os.path.join(path, "text_encoder"), **kw).eval()
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(os.path.join(path, "tokenizer"), **kw)
+    vae = SpaceToDepthVAE.from_pretrained(os.path.join(path, "vae"), **kw)
+    scheduler = FlowMatchEulerDiscreteScheduler.from_config(
+        FlowMatchEulerDiscreteScheduler.load_config(os.path.join(path, "scheduler")))
+    pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
+                       transformer=transformer)
+    pipe.set_progress_bar_config(disable=True)
+    pipe = pipe.to(device)
+    if dtype is not None:
+        pipe.transformer.to(dtype)
+    return pipe
+
+
+def load_pipeline(kind: str = "video", device: str = "cpu", dtype: Optional[torch.dtype] = None):
+    """The shipped reference pipeline of `kind` ("video"), ready to call, built offline from package data."""
+    if kind == "video":
+        return load_video_pipeline(VIDEO_WEIGHTS, device=device, dtype=dtype)
+    if kind == "image":
+        raise NotImplementedError("the image (FLUX) reference model is not shipped yet; use kind='video'")
+    raise ValueError(f"unknown kind {kind!r}; choose 'video' or 'image'")
+
+
+__all__ = ["load_pipeline", "load_video_pipeline", "available", "VIDEO_DEFAULTS", "WEIGHTS_DIR", "VIDEO_WEIGHTS"]

@@ -1,0 +1,118 @@
+"""Measure the reference video model on held-out captions with the OpenCV checker.
+
+    python -m diffsparse.reference.evaluate [--weights DIR] [--out eval/results/reference] [--n 28]
+        [--steps 20] [--guidance 4.0] [--frames 17] [--long-frames 33] [--threads 1]
+
+Writes `OUT/video_eval.json` (per-sample predictions, agreement rates, adjacent-frame SSIM of samples
+and of ground-truth clips, timings) and PNG strips (`OUT/samples_heldout.png`, `OUT/samples_long.png`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from typing import Dict, List
+
+import numpy as np
+import torch
+
+from . import checker
+from . import data as D
+
+
+def strip(videos: List[np.ndarray], captions: List[str], every: int = 4, path: str = "strip.png") -> None:
+    """One row per video (every `every`-th frame), caption above each row."""
+    import cv2
+
+    rows = []
+    for v, c in zip(videos, captions):
+        frames = list(v[::every])
+        row = np.concatenate([np.pad(f, ((1, 1), (1, 1), (0, 0)), constant_values=255) for f in frames], 1)
+        scale = 2
+        row = cv2.resize(row, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+        bar = np.full((16, row.shape[1], 3), 255, np.uint8)
+        cv2.putText(bar, c, (2, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (0, 0, 0), 1, cv2.LINE_AA)
+        rows.append(np.concatenate([bar, row], 0))
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
+    cv2.imwrite(path, cv2.cvtColor(np.concatenate(rows, 0), cv2.COLOR_RGB2BGR))
+
+
+def rates(results: List[Dict]) -> Dict[str, float]:
+    out = {k: float(np.mean([r[f"{k}_ok"] for r in results])) for k in ("color", "shape", "motion")}
+    trans = [r for r in results if D.parse_caption(r["caption"]).motion in D.DIRECTIONS]
+    if trans:
+        out["motion_direction_only"] = float(np.mean([r["motion_ok"] for r in trans]))
+    out["adjacent_ssim"] = float(np.mean([r["adjacent_ssim"] for r in results]))
+    return out
+
+
+def run_set(pipe, specs: List[D.Spec], frames: int, height: int, width: int, steps: int, guidance: float,
+            seed: int) -> (List[Dict], List[np.ndarray], float):
+    results, videos = [], []
+    t0 = time.time()
+    for i, spec in enumerate(specs):
+        v = pipe(prompt=spec.caption, num_frames=frames, height=height, width=width, num_inference_steps=steps,
+                 guidance_scale=guidance, generator=torch.Generator().manual_seed(seed + i), output_type="np").frames[0]
+        v = (np.clip(v, 0, 1) * 255).round().astype(np.uint8)
+        r = checker.check(v, spec.caption)
+        r["adjacent_ssim"] = checker.adjacent_ssim(v)
+        results.append(r)
+        videos.append(v)
+    return results, videos, (time.time() - t0) / max(len(specs), 1)
+
+
+def main(argv=None) -> None:
+    from . import VIDEO_WEIGHTS, load_video_pipeline
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--weights", default=VIDEO_WEIGHTS)
+    ap.add_argument("--out", default="eval/results/reference")
+    ap.add_argument("--n", type=int, default=28)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--guidance", type=float, default=4.0)
+    ap.add_argument("--frames", type=int, default=17)
+    ap.add_argument("--long-frames", type=int, default=33)
+    ap.add_argument("--n-long", type=int, default=8)
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=1000)
+    ap.add_argument("--tag", default="")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    os.makedirs(args.out, exist_ok=True)
+    pipe = load_video_pipeline(args.weights)
+    specs = D.held_out_specs()
+    rng = np.random.default_rng(args.seed)
+    specs = [specs[i] for i in rng.permutation(len(specs))][: args.n]
+    res, vids, sec = run_set(pipe, specs, args.frames, args.size, args.size, args.steps, args.guidance, args.seed)
+    strip(vids[:12], [r["caption"] for r in res[:12]], path=os.path.join(args.out, f"samples_heldout{args.tag}.png"))
+    gt = [D.render_video(s, args.seed + i, num_frames=args.frames, height=args.size, width=args.size)
+          for i, s in enumerate(specs)]
+    report = {
+        "command": "python -m diffsparse.reference.evaluate " + " ".join(argv or __import__("sys").argv[1:]),
+        "weights": os.path.relpath(args.weights), "device": "cpu", "torch_threads": args.threads,
+        "cpu": platform.processor() or platform.machine(),
+        "settings": {"frames": args.frames, "size": args.size, "steps": args.steps, "guidance": args.guidance},
+        "heldout": {"n": len(res), **rates(res), "seconds_per_video": round(sec, 2)},
+        "ground_truth_adjacent_ssim": float(np.mean([checker.adjacent_ssim(v) for v in gt])),
+        "samples": res,
+    }
+    if args.n_long:
+        lres, lvids, lsec = run_set(pipe, specs[: args.n_long], args.long_frames, args.size, args.size, args.steps,
+                                    args.guidance, args.seed)
+        strip(lvids[:6], [r["caption"] for r in lres[:6]], every=8,
+              path=os.path.join(args.out, f"samples_long{args.tag}.png"))
+        report["long"] = {"frames": args.long_frames, "n": len(lres), **rates(lres),
+                          "seconds_per_video": round(lsec, 2), "samples": lres}
+    with open(os.path.join(args.out, f"video_eval{args.tag}.json"), "w") as fh:
+        json.dump(report, fh, indent=2)
+    print(json.dumps({k: v for k, v in report.items() if k not in ("samples",)} | {
+        "long": {k: v for k, v in report.get("long", {}).items() if k != "samples"}}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

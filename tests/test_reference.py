@@ -1,0 +1,119 @@
+"""The shipped reference models: data generator, text side, space-to-depth VAE, training loop, loader."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from diffsparse.reference import checker
+from diffsparse.reference import data as D
+
+
+def test_data_is_deterministic_by_seed():
+    v1, c1, s1 = D.sample(7, seed=3)
+    v2, c2, s2 = D.sample(7, seed=3)
+    assert c1 == c2 and s1 == s2 and np.array_equal(v1, v2)
+    assert v1.shape == (17, 64, 64, 3) and v1.dtype == np.uint8
+    v3, _, _ = D.sample(8, seed=3)
+    assert not np.array_equal(v1, v3)
+    assert D.render_video(s1, 5, num_frames=9, height=32, width=48).shape == (9, 32, 48, 3)
+
+
+def test_held_out_split_and_caption_grammar():
+    train, held = D.train_specs(), D.held_out_specs()
+    assert train and held and not set(train) & set(held)
+    for spec in held[:10] + train[:10]:
+        assert D.parse_caption(spec.caption) == spec
+    for i in range(20):
+        assert not D.is_held_out(D.sample(i)[2])
+
+
+@pytest.mark.parametrize("color", list(D.COLORS))
+def test_caption_matches_content(color):
+    for k, (shape, motion) in enumerate([("square", "left"), ("circle", "bounce"), ("triangle", "grow")]):
+        spec = D.Spec(color, shape, motion, "striped" if k % 2 else "plain", "right" if k == 1 else None)
+        video = D.render_video(spec, seed=k)
+        r = checker.check(video, spec.caption)
+        assert r["color_ok"] and r["shape_ok"] and r["motion_ok"], r
+
+
+def test_tokenizer_round_trip(tmp_path):
+    from transformers import PreTrainedTokenizerFast
+
+    from diffsparse.reference.text import build_tokenizer
+
+    tok = build_tokenizer()
+    cap = "a red square moving left on a striped background, camera panning right"
+    ids = tok(cap).input_ids
+    assert ids[-1] == tok.eos_token_id and tok.unk_token_id not in ids
+    assert tok.decode(ids, skip_special_tokens=True).replace(" ,", ",") == cap
+    out = tok([cap, "A Blue zebra"], padding="max_length", max_length=24, return_tensors="pt")
+    assert out.input_ids.shape == (2, 24) and int(out.attention_mask[1].sum()) == 4
+    assert tok.unk_token_id in out.input_ids[1].tolist()
+    tok.save_pretrained(tmp_path)
+    tok2 = PreTrainedTokenizerFast.from_pretrained(tmp_path, local_files_only=True)
+    assert tok2(cap).input_ids == ids
+
+
+def test_space_to_depth_vae_is_lossless():
+    from diffsparse.reference.vae import SpaceToDepthVAE
+
+    vae = SpaceToDepthVAE()
+    x = torch.rand(2, 3, 9, 16, 24) * 2 - 1
+    z = vae.encode(x).latent_dist.sample()
+    assert z.shape == (2, vae.config.z_dim, 3, 4, 6)
+    assert torch.allclose(vae.decode(z).sample, x)
+    assert vae.config.scale_factor_temporal == 4 and vae.config.scale_factor_spatial == 4
+    assert len(vae.config.latents_mean) == vae.config.z_dim
+
+
+TINY = {
+    "frames": 5, "height": 16, "width": 16, "batch_size": 2, "steps": 2, "warmup": 1, "text_len": 16,
+    "stats_samples": 4, "log_every": 1, "ckpt_every": 1, "vae": {"latent_channels": 8},
+    "text_encoder": {"d_model": 16, "num_layers": 1, "num_heads": 2, "d_ff": 32},
+    "transformer": {"num_attention_heads": 2, "attention_head_dim": 8, "ffn_dim": 16, "num_layers": 1,
+                    "freq_dim": 32, "rope_max_seq_len": 64},
+}
+
+
+def test_training_writes_checkpoint_resumes_and_exports(tmp_path):
+    from diffsparse.reference import load_video_pipeline, train
+
+    cfg_path = tmp_path / "tiny.json"
+    cfg_path.write_text(json.dumps(TINY))
+    out = tmp_path / "run"
+    threads = torch.get_num_threads()
+    try:
+        train.main(["--config", str(cfg_path), "--out", str(out), "--threads", "1"])
+        state = torch.load(out / "ckpt.pt", weights_only=False)
+        assert state["step"] == 2
+        train.main(["--config", str(cfg_path), "--out", str(out), "--steps", "3", "--resume", "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.load(out / "ckpt.pt", weights_only=False)["step"] == 3
+    log = [json.loads(line) for line in (out / "loss.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in log)
+    pipe = load_video_pipeline(str(out / "export"))
+    video = pipe(prompt="a red square moving left on a plain background", num_frames=5, height=16, width=16,
+                 num_inference_steps=2, max_sequence_length=16, generator=torch.Generator().manual_seed(0),
+                 output_type="np").frames[0]
+    assert video.shape == (5, 16, 16, 3)
+
+
+def test_shipped_video_pipeline_renders_offline(monkeypatch):
+    from diffsparse.reference import VIDEO_WEIGHTS, available, load_pipeline
+
+    if not available("video"):
+        pytest.skip(f"no shipped weights under {VIDEO_WEIGHTS}")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pipe = load_pipeline("video")
+    from diffusers import WanPipeline
+
+    assert isinstance(pipe, WanPipeline)
+    video = pipe(prompt="a blue circle bouncing", num_frames=9, height=32, width=32, num_inference_steps=2,
+                 generator=torch.Generator().manual_seed(0), output_type="np").frames[0]
+    assert video.shape == (9, 32, 32, 3) and np.isfinite(video).all()
+    total = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(VIDEO_WEIGHTS) for f in fs)
+    assert total < 50 * 2**20
