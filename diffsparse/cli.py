@@ -19,6 +19,7 @@ def _render(args: argparse.Namespace) -> int:
     if args.prompts:
         return _render_batch(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    _fill_defaults(args)
     pipe = R.pipeline_for(args.model, device)
     opts = dict(prompt=args.prompt, frames=args.frames, height=args.height, width=args.width, steps=args.steps, seed=args.seed)
     method_opts = _method_options(args)
@@ -42,9 +43,19 @@ def _render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fill_defaults(args: argparse.Namespace) -> None:
+    """Sizes left unset take the embedded model's defaults, or Wan 480p ones for --model."""
+    from .render import EMBEDDED_DEFAULTS, MODEL_DEFAULTS
+
+    for key, value in (MODEL_DEFAULTS if args.model else EMBEDDED_DEFAULTS).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+
+
 def _render_batch(args: argparse.Namespace) -> int:
     from .batch import render_batch
 
+    _fill_defaults(args)
     with open(args.prompts) as f:
         prompts = [line.strip() for line in f if line.strip()]
     out_dir = args.out if not args.out.endswith(".mp4") else args.out[:-4]
@@ -131,15 +142,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--method", default="radial")
     r.add_argument("--out", default="out.mp4")
     r.add_argument("--model", default=None, help="local Diffusers pipeline folder (default: embedded model)")
-    r.add_argument("--prompt", default="a red square moving left on a striped background")
-    r.add_argument("--frames", type=int, default=17)
-    r.add_argument("--height", type=int, default=128)
-    r.add_argument("--width", type=int, default=128)
-    r.add_argument("--steps", type=int, default=8)
+    r.add_argument("--prompt", default="a red square moving left on a plain background")
+    r.add_argument("--frames", type=int, default=None)
+    r.add_argument("--height", type=int, default=None)
+    r.add_argument("--width", type=int, default=None)
+    r.add_argument("--steps", type=int, default=None)
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--fps", type=int, default=8)
     r.add_argument("--dense-steps", type=int, default=None, help="leading dense steps (default: method preset)")
-    r.add_argument("--block-size", type=int, default=None, help="kernel block size (default: 128)")
+    r.add_argument("--block-size", type=int, default=None, help="kernel block size (default: 16 on the embedded model, else 128)")
     r.add_argument("--opt", action="append", help="method option key=value (repeatable), e.g. decay_factor=0.5")
     r.add_argument("--device", default=None)
     r.add_argument("--compare", choices=["dense"], default=None, help="also render dense and write a side-by-side video")

@@ -14,7 +14,7 @@ def test_render_compare_writes_videos_and_table(tmp_path, capsys):
                "--width", "96", "--steps", "2", "--compare", "dense"])
     assert rc == 0
     text = capsys.readouterr().out
-    assert "RANDOM weights" in text  # the default model says what it is
+    assert "default model:" in text  # the default model says what it is
     frames = iio.imread(out)
     assert frames.shape[0] == 9 and frames.shape[1:3] == (64, 96)
     sbs = iio.imread(tmp_path / "out_compare.mp4")
