@@ -14,6 +14,8 @@ from .api import (
     sparse_attention,
     token_grid,
 )
+from .calibration import ParoPlan, calibrate, load_plan
+from .flashblock import block_attention, merge_attention
 from .geometry import Grid
 from .handle import SparseHandle
 from .kernels import BlockIndex, block_sparse_attention, build_block_index
@@ -24,13 +26,18 @@ __version__ = "0.1.0"
 __all__ = [
     "BlockIndex",
     "Grid",
+    "ParoPlan",
     "SparseHandle",
+    "block_attention",
     "block_sparse_attention",
     "build_block_index",
+    "calibrate",
     "disable_sparse_attention",
     "enable_sparse_attention",
     "get_handle",
     "list_methods",
+    "load_plan",
+    "merge_attention",
     "preview_layout",
     "sparse_attention",
     "token_grid",

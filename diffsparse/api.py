@@ -21,6 +21,8 @@ logger = logging.getLogger("diffsparse")
 
 _HANDLE_ATTR = "_diffsparse_handle"
 _SHARED = ("dense_steps", "dense_layers", "block_size", "backend")
+_CACHE = ("cache", "cache_interval", "cache_threshold")
+CACHES = ("flashblock",)
 
 
 def _transformers(pipe: Any) -> List[torch.nn.Module]:
@@ -57,6 +59,22 @@ def _validate_shared(opts: dict, has_scheduler: bool) -> Settings:
     return Settings(ds, dl, normalize_block_size(opts["block_size"]), opts["backend"])
 
 
+def _validate_cache(options: dict, settings: Settings) -> None:
+    """`cache=` ("flashblock" or None) and its `cache_interval` / `cache_threshold`, into `settings`."""
+    cache = options.get("cache")
+    if cache is not None and cache not in CACHES:
+        raise ValueError(f"cache must be one of {CACHES} or None, got {cache!r}")
+    if cache is None and any(k in options for k in _CACHE[1:]):
+        raise ValueError(f"{[k for k in _CACHE[1:] if k in options]} only apply with cache='flashblock'")
+    interval = options.get("cache_interval", settings.cache_interval)
+    if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
+        raise ValueError(f"cache_interval must be an int >= 1 (1 = refresh at every step), got {interval!r}")
+    threshold = options.get("cache_threshold", settings.cache_threshold)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not -1.0 <= threshold <= 2.0:
+        raise ValueError(f"cache_threshold must be a cosine in [-1, 1] (above 1: always refresh), got {threshold!r}")
+    settings.cache, settings.cache_interval, settings.cache_threshold = cache, interval, float(threshold)
+
+
 def enable_sparse_attention(pipe: Any, method: str = "radial", **options: Any) -> SparseHandle:
     """Replace dense self-attention by `method` in a Diffusers pipeline or transformer.
 
@@ -66,8 +84,11 @@ def enable_sparse_attention(pipe: Any, method: str = "radial", **options: Any) -
         method: one of `list_methods()`.
         **options: shared - `dense_steps` (leading denoising steps run dense; int, or a fraction
             of the pipeline's steps), `dense_layers` (leading blocks run dense), `block_size`
-            (int or (bq, bk)), `backend` (kernel path); plus the method's own options. Omitted
-            options take the model family's preset.
+            (int or (bq, bk)), `backend` (kernel path); `cache="flashblock"` (residual reuse of the
+            skipped blocks, any method) with `cache_interval` (refresh every N sparse steps of a
+            layer, default 5) and `cache_threshold` (per-head cosine refresh, default 0.85); plus
+            the method's own options (PARO: `plan=` a file from `calibrate`). Omitted options
+            take the model family's preset.
 
     Returns the handle (`stats()`, `reset()`). Enabling again replaces the previous configuration.
     Everything is validated before the model is touched; on failure the model is left as it was.
@@ -79,18 +100,29 @@ def enable_sparse_attention(pipe: Any, method: str = "radial", **options: Any) -
         raise TypeError(f"pipeline mixes transformer kinds {[type(t).__name__ for t in transformers]}")
     adapter = adapters.pop()
     family = adapter.family
-    method_opts = {k: v for k, v in options.items() if k not in _SHARED}
+    method_opts = {k: v for k, v in options.items() if k not in _SHARED + _CACHE}
     instance = method_cls(family, **method_opts)  # raises on unknown/invalid options
     preset = method_cls.presets.get(family, {})
     shared = {"dense_steps": 0, "dense_layers": 0, "block_size": 128, "backend": "auto"}
     shared.update({k: preset[k] for k in _SHARED if k in preset})
     explicit = {k: options[k] for k in _SHARED if k in options}
+    # A calibration plan (PARO) fixes settings of its own (the block size it was made with) and
+    # must have been made for this model.
+    for key, value in getattr(instance, "forced_settings", dict)().items():
+        norm = normalize_block_size if key == "block_size" else (lambda x: x)
+        if key in explicit and norm(explicit[key]) != norm(value):
+            raise ValueError(f"{key}={explicit[key]!r} conflicts with the {method!r} plan, made with {key}={value!r}")
+        shared[key] = value
+        explicit.pop(key, None)
+    if hasattr(instance, "check_model"):
+        instance.check_model(family, transformers)
     has_scheduler = getattr(getattr(pipe, "scheduler", None), "set_timesteps", None) is not None
     if not has_scheduler and isinstance(shared["dense_steps"], float) and "dense_steps" not in explicit:
         logger.warning("diffsparse: bare transformer, preset dense_steps fraction ignored; pass dense_steps=N")
         shared["dense_steps"] = 0
     shared.update(explicit)
     settings = _validate_shared(shared, has_scheduler)
+    _validate_cache({k: options[k] for k in _CACHE if k in options}, settings)
 
     modules: List[Tuple[torch.nn.Module, Any]] = []
     for t in transformers:
@@ -195,7 +227,7 @@ def preview_layout(
     method: str, grid: Grid, family: str = "wan", text_len: int = 0, block_size: Any = 128, **options: Any
 ) -> Plan:
     """The plan `method` would run for one call on `grid` (+ `text_len` text tokens), without a model."""
-    instance = get_method(method)(family, **{k: v for k, v in options.items() if k not in _SHARED})
+    instance = get_method(method)(family, **{k: v for k, v in options.items() if k not in _SHARED + _CACHE})
     bq, bk = normalize_block_size(block_size)
     order, vmask = instance.video_layout(grid, bq, bk)
     spans = TokenSpans(grid, text_len, family == "flux")

@@ -2,7 +2,9 @@
 
 Every patched processor calls `handle.attend(...)` with q/k/v `(B, S, H, D)`; the handle decides
 dense or sparse for this layer and step, builds (once, cached on the handle) the plan for the
-call's geometry and runs it. All state lives here - nothing in module or class globals.
+call's geometry and runs it. Dynamic methods (AdaSpa, PARO) get their plan from a
+`DynamicEngine` (dynamic.py) instead, and `cache="flashblock"` runs plans through a
+`FlashBlockCache` (flashblock.py). All state lives here - nothing in module or class globals.
 """
 
 from __future__ import annotations
@@ -13,11 +15,14 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
+from .dynamic import CallSlots, DynamicEngine, DynamicMethod
+from .flashblock import FlashBlockCache
 from .geometry import Grid, TokenSpans
 from .hooks import StepState
 from .kernels import block_sparse_attention
 from .methods.base import SparseMethod
 from .plan import Plan, build_plan
+from .quant import sparse_attention
 
 logger = logging.getLogger("diffsparse")
 
@@ -29,10 +34,15 @@ class LayerStats:
     kept_blocks: int = 0  # summed over batch x heads
     total_blocks: int = 0
     last_forward: int = -1
+    head_kept: Optional[torch.Tensor] = None  # (H,) kept blocks per head, summed over calls and batch
+    head_total: int = 0  # blocks per head, summed over calls and batch
 
     def as_dict(self) -> Dict[str, Any]:
         density = self.kept_blocks / self.total_blocks if self.total_blocks else None
-        return {"density": density, "sparse_calls": self.sparse_calls, "dense_calls": self.dense_calls}
+        out = {"density": density, "sparse_calls": self.sparse_calls, "dense_calls": self.dense_calls}
+        if self.head_kept is not None and self.head_total:
+            out["head_density"] = [round(float(x) / self.head_total, 6) for x in self.head_kept]
+        return out
 
 
 @dataclass
@@ -43,6 +53,9 @@ class Settings:
     dense_layers: int = 0
     block_size: Tuple[int, int] = (128, 128)
     backend: str = "auto"
+    cache: Optional[str] = None  # "flashblock": residual reuse of the skipped blocks (flashblock.py)
+    cache_interval: int = 5  # FlashBlock: every head refreshes its residual every N sparse calls of a layer
+    cache_threshold: float = 0.85  # FlashBlock: a head refreshes early when its cosine drift falls below
 
 
 @dataclass
@@ -63,6 +76,22 @@ class SparseHandle:
     _layer_stats: Dict[int, LayerStats] = field(default_factory=dict, repr=False)
     _fallbacks: Dict[str, int] = field(default_factory=dict, repr=False)
     _num_steps: Optional[int] = None
+    _slots: CallSlots = field(default_factory=CallSlots, repr=False)
+    _engine: Optional[DynamicEngine] = field(default=None, repr=False)
+    _flashblock: Optional[FlashBlockCache] = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.settings.cache == "flashblock":
+            self._flashblock = FlashBlockCache(self.settings.cache_interval, self.settings.cache_threshold)
+
+    @property
+    def dynamic(self) -> Optional[DynamicEngine]:
+        """The engine driving a dynamic method (AdaSpa, PARO), None for static methods."""
+        if not isinstance(self.method, DynamicMethod):
+            return None
+        if self._engine is None or self._engine.method is not self.method:
+            self._engine = DynamicEngine(self.method)
+        return self._engine
 
     # ---------------------------------------------------------------- decisions
     def dense_step_count(self) -> int:
@@ -76,6 +105,12 @@ class SparseHandle:
     def _pipeline_steps(self) -> Optional[int]:
         timesteps = getattr(getattr(self.pipe, "scheduler", None), "timesteps", None)
         return None if timesteps is None else len(timesteps)
+
+    def pipeline_steps(self) -> Optional[int]:
+        """Denoising steps of the running pipeline call (None for a bare transformer)."""
+        if self._num_steps is None:
+            self._num_steps = self._pipeline_steps()
+        return self._num_steps
 
     @torch.compiler.disable
     def runs_dense(self, layer: int) -> bool:
@@ -120,6 +155,8 @@ class SparseHandle:
         `parallel_config` the sequence is rank-local and the sparse attention runs inside
         Ulysses context parallelism (see `parallel.py`).
         """
+        if self.dynamic is not None:
+            self.method.check_call(self.state.grid)  # e.g. PARO refuses a grid it was not calibrated for
         if self.runs_dense(layer):
             self._record(layer, dense=True)
             return dense()
@@ -150,19 +187,39 @@ class SparseHandle:
             return dense()
         out = q.new_empty(q.shape[:3] + (v.shape[-1],)) if len(groups) > 1 else None
         kept = total = 0
+        dynamic = self.dynamic
+        head_kept = None if dynamic is None else torch.zeros(q.shape[2], dtype=torch.float64)  # per-head stats
+        slot = self._slots.slot(self.state.step, self.state.forward_id)  # which call of this step (CFG branch)
         for rows, spans, key_text in groups:
-            plan = self.plan(spans, key_text, q.device)
             qg, kg, vg = (x if rows is None else x[rows] for x in (q, k, v))
-            og = run_plan(plan, qg, kg, vg, self.settings.backend)
+            og, quantize = None, None
+            if dynamic is not None:
+                plan, og, quantize = dynamic.decide(self, layer, slot, spans, key_text, qg, kg, vg)
+            else:
+                plan = self.plan(spans, key_text, q.device)
+            if og is None:
+                og = self._execute(layer, slot, spans, key_text, plan, qg, kg, vg, quantize)
             heads_factor = q.shape[2] // plan.index.mask.shape[1]
             kept += plan.kept_blocks * heads_factor * qg.shape[0]
             total += plan.total_blocks * heads_factor * qg.shape[0]
+            if head_kept is not None:
+                head_kept += plan.index.counts[0].sum(-1).double().cpu().repeat_interleave(heads_factor) * qg.shape[0]
             if out is None:
                 out = og
             else:
                 out[rows] = og
-        self._record(layer, dense=False, kept=kept, total=total)
+        self._record(layer, dense=False, kept=kept, total=total, head_kept=head_kept)
         return out
+
+    def _execute(self, layer, slot, spans, key_text, plan: Plan, q, k, v, quantize: Optional[str]) -> torch.Tensor:
+        """Run a plan, through the FlashBlock residual cache when it is on."""
+        if self._flashblock is None:
+            return run_plan(plan, q, k, v, self.settings.backend, quantize)
+        kt = None if key_text is None else tuple(key_text.tolist())
+        return self._flashblock.run(
+            layer, (layer, slot, spans, kt, q.shape[0]), plan, q, k, v,
+            forward_id=self.state.forward_id, backend=self.settings.backend, quantize=quantize,
+        )
 
     @torch.compiler.disable
     def _geometry(self, q, text_len, text_first, key_mask, chunks=1):
@@ -196,7 +253,7 @@ class SparseHandle:
 
     # ---------------------------------------------------------------- bookkeeping
     @torch.compiler.disable
-    def _record(self, layer: int, dense: bool, kept: int = 0, total: int = 0) -> None:
+    def _record(self, layer: int, dense: bool, kept: int = 0, total: int = 0, head_kept=None) -> None:
         st = self._layer_stats.setdefault(layer, LayerStats())
         if st.last_forward == self.state.forward_id:
             return  # a gradient-checkpointing recompute of a call already counted
@@ -207,6 +264,10 @@ class SparseHandle:
             st.sparse_calls += 1
             st.kept_blocks += kept
             st.total_blocks += total
+            if head_kept is not None:
+                same = st.head_kept is not None and st.head_kept.numel() == head_kept.numel()
+                st.head_kept = st.head_kept + head_kept if same else head_kept.clone()
+                st.head_total = (st.head_total if same else 0) + total // head_kept.numel()
 
     def _fallback(self, reason: str) -> None:
         if reason not in self._fallbacks:
@@ -214,8 +275,13 @@ class SparseHandle:
         self._fallbacks[reason] = self._fallbacks.get(reason, 0) + 1
 
     def on_pipeline_reset(self) -> None:
-        """Called by the hook at the end of each pipeline call."""
+        """Called by the hook at the end of each pipeline call: per-call caches go."""
         self._num_steps = None
+        self._slots.reset()
+        if self._engine is not None:
+            self._engine.reset()
+        if self._flashblock is not None:
+            self._flashblock.reset()
 
     def reset(self) -> None:
         """Start a new generation by hand (bare transformers): step counter and per-call caches."""
@@ -226,10 +292,21 @@ class SparseHandle:
         """Achieved density (fraction of attention blocks computed in sparse calls) overall and per layer.
 
         Counts accumulate over calls until `reset_stats()`. `density` is None before any sparse call.
+        With a dynamic method a layer also reports `head_density` (per head) and what the method
+        found at its last decision (AdaSpa: per-head `recall` and `sparsity` at the last search,
+        `searches`); with `cache="flashblock"` a layer reports `cache` (reuse counts per head-call)
+        and the top level `cache` with the overall reuse rate.
         """
         kept = sum(s.kept_blocks for s in self._layer_stats.values())
         total = sum(s.total_blocks for s in self._layer_stats.values())
-        return {
+        layers = {}
+        for i, s in sorted(self._layer_stats.items()):
+            layers[i] = s.as_dict()
+            if self._engine is not None:
+                layers[i].update(self._engine.stats(i))
+            if self._flashblock is not None and self._flashblock.stats(i) is not None:
+                layers[i]["cache"] = self._flashblock.stats(i)
+        out = {
             **self.method.describe(),
             "family": self.family,
             "dense_steps": self.settings.dense_steps,
@@ -238,23 +315,39 @@ class SparseHandle:
             "density": kept / total if total else None,
             "sparse_calls": sum(s.sparse_calls for s in self._layer_stats.values()),
             "dense_calls": sum(s.dense_calls for s in self._layer_stats.values()),
-            "layers": {i: s.as_dict() for i, s in sorted(self._layer_stats.items())},
+            "layers": layers,
             "fallbacks": dict(self._fallbacks),
         }
+        if self._flashblock is not None:
+            counters = list(self._flashblock.counters.values())
+            reused, refreshed = sum(c.reused for c in counters), sum(c.refreshed for c in counters)
+            residual = sum(c.residual_blocks for c in counters)
+            out["cache"] = {
+                "method": "flashblock", "interval": self.settings.cache_interval,
+                "threshold": self.settings.cache_threshold, "reused": reused, "refreshed": refreshed,
+                "reuse_rate": reused / (reused + refreshed) if reused + refreshed else None,
+                # blocks actually computed in sparse calls, refreshes of the skipped blocks included
+                "effective_density": (kept + residual) / total if total else None,
+            }
+        return out
 
     def reset_stats(self) -> None:
         self._layer_stats.clear()
         self._fallbacks.clear()
+        if self._flashblock is not None:
+            self._flashblock.reset_stats()
+        if self._engine is not None:
+            self._engine.layer_info.clear()
+            self._engine.searches.clear()
 
 
-def run_plan(plan: Plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+def run_plan(
+    plan: Plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "auto", quantize: Optional[str] = None
+) -> torch.Tensor:
     """Execute a plan on q/k/v `(B, S, H, D)` in model order; returns `(B, S, H, D)` in model order."""
-    qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-    if plan.q_order is not None:
-        qh = qh.index_select(2, plan.q_order)
-    if plan.k_order is not None:
-        kh, vh = kh.index_select(2, plan.k_order), vh.index_select(2, plan.k_order)
-    out = block_sparse_attention(qh, kh, vh, plan.index, backend=backend)
-    if plan.q_inverse is not None:
-        out = out.index_select(2, plan.q_inverse)
-    return out.transpose(1, 2)
+    qh, kh, vh = plan.gather(q, k, v)
+    if quantize is None:
+        out = block_sparse_attention(qh, kh, vh, plan.index, backend=backend)
+    else:
+        out = sparse_attention(qh, kh, vh, plan.index, backend=backend, quantize=quantize)
+    return plan.scatter(out)

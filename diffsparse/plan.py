@@ -4,7 +4,8 @@ Internally every call is laid out as `[video tokens in the method's order ; text
 video blocks start at 0 whatever the model's order (FLUX puts text first). Text rows and columns
 are dense (the "text sink"); a block holding both video and text tokens is therefore dense too.
 Key-side text may be shorter than query-side text: padded text keys (HunyuanVideo's mask) are
-left out of the key sequence instead of masked.
+left out of the key sequence instead of masked. A video order may be shared by all heads `(Nv,)`
+or given per head `(H, Nv)` (PARO's per-head axis orders); per-head orders are applied by gather.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from .kernels.index import BlockIndex, build_block_index, num_blocks
 class Plan:
     """Everything needed to execute one attention call sparsely.
 
-    q_order / k_order: LongTensor model positions in internal order (None = identity).
-    q_inverse: LongTensor internal position of each model query position (None = identity).
+    q_order / k_order: LongTensor model positions in internal order, `(S,)` shared by all heads or
+        `(H, S)` per head (None = identity).
+    q_inverse: LongTensor internal position of each model query position, same shape (None = identity).
     index: the block layout `(1, Hm, nq, nk)` with its CSR lists.
     """
 
@@ -44,6 +46,26 @@ class Plan:
     def to(self, device: torch.device) -> "Plan":
         mv = lambda t: None if t is None else t.to(device)  # noqa: E731
         return Plan(mv(self.q_order), mv(self.k_order), mv(self.q_inverse), self.index.to(device))
+
+    def gather(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """q/k/v `(B, S, H, D)` in model order -> `(B, H, S, D)` in internal order."""
+        qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        return take_tokens(qh, self.q_order), take_tokens(kh, self.k_order), take_tokens(vh, self.k_order)
+
+    def scatter(self, out: torch.Tensor) -> torch.Tensor:
+        """Output `(B, H, S, D)` in internal order -> `(B, S, H, D)` in model order."""
+        return take_tokens(out, self.q_inverse).transpose(1, 2)
+
+
+def take_tokens(x: torch.Tensor, order: Optional[torch.Tensor]) -> torch.Tensor:
+    """Reorder the token axis of `(B, H, S, D)` by `order` `(S,)` (all heads) or `(H, S)` (per head)."""
+    if order is None:
+        return x
+    if order.dim() == 1:
+        return x.index_select(2, order)
+    if order.shape[0] != x.shape[1]:
+        raise ValueError(f"per-head token order for {order.shape[0]} heads applied to {x.shape[1]} heads")
+    return torch.gather(x, 2, order[None, :, :, None].expand(x.shape[0], -1, -1, x.shape[-1]))
 
 
 def full_mask(video_mask: torch.Tensor, video_len: int, q_text: int, k_text: int, block_q: int, block_k: int) -> torch.Tensor:
@@ -70,7 +92,8 @@ def build_plan(
     """Assemble a plan on the CPU.
 
     Args:
-        video_order: `(Nv,)` raster index per internal video position, or None (raster order).
+        video_order: `(Nv,)` raster index per internal video position, `(H, Nv)` per head, or None
+            (raster order).
         video_mask: `(Hm, ceil(Nv/bq), ceil(Nv/bk))` from the method.
         spans: where video and text sit in the model's sequence.
         key_text: indices (within the text span) of text tokens usable as keys, or None for all.
@@ -82,14 +105,18 @@ def build_plan(
     if video_order is not None:
         video_pos = video_pos[video_order.long()]
     text_pos = spans.text_positions()
-    q_order = torch.cat([video_pos, text_pos])
-    k_order = torch.cat([video_pos, text_pos if key_text is None else text_pos[key_text.long()]])
-    identity_q = bool(torch.equal(q_order, torch.arange(q_order.numel())))
+    key_text_pos = text_pos if key_text is None else text_pos[key_text.long()]
+    lead = video_pos.shape[:-1]  # () or (H,)
+    q_order = torch.cat([video_pos, text_pos.expand(*lead, -1)], -1)
+    k_order = torch.cat([video_pos, key_text_pos.expand(*lead, -1)], -1)
+    arange = torch.arange(q_order.shape[-1])
+    identity_q = bool((q_order == arange).all())
     # Trimmed text keys are never the identity, even when they are a prefix.
-    identity_k = kt == nt and bool(torch.equal(k_order, torch.arange(k_order.numel())))
+    identity_k = kt == nt and bool((k_order == torch.arange(k_order.shape[-1])).all())
+    if identity_q and video_order is not None and video_order.dim() == 2:
+        q_order, k_order = q_order[0], k_order[0]  # every head in model order: drop the head axis
     q_inverse = None
     if not identity_q:
-        q_inverse = torch.empty_like(q_order)
-        q_inverse[q_order] = torch.arange(q_order.numel())
+        q_inverse = torch.empty_like(q_order).scatter_(-1, q_order, arange.expand_as(q_order).contiguous())
     index = build_block_index(mask.unsqueeze(0), (block_q, block_k))
     return Plan(None if identity_q else q_order, None if identity_k else k_order, q_inverse, index)

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import Dict, List, Type
 
+from .adaspa import AdaSpa
 from .base import SparseMethod
 from .dense import Dense
 from .grat import Grat
+from .paro import Paro
 from .radial import Radial
 from .sliding_window import SlidingWindow
 
 #: name -> method class (a constant table; methods hold no state of their own)
-METHODS: Dict[str, Type[SparseMethod]] = {cls.name: cls for cls in (Dense, Radial, SlidingWindow, Grat)}
+METHODS: Dict[str, Type[SparseMethod]] = {cls.name: cls for cls in (Dense, Radial, SlidingWindow, Grat, AdaSpa, Paro)}
 
 
 def list_methods() -> List[str]:
