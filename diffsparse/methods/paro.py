@@ -63,6 +63,12 @@ class Paro(DynamicMethod, SparseMethod):
             key=("paro", id(plan), bucket, ctx.layer), persistent=True, quantize=self.quantize,
         )
 
+    def video_layout(self, grid, block_q, block_k):
+        raise ValueError(
+            "PARO's layout differs per layer, head and timestep bucket: inspect plan.order_names(layer) and "
+            "plan.mask(bucket, layer) of the calibration plan instead"
+        )
+
     @property
     def key(self):
         return (self.name, id(self.plan), self.quantize)
