@@ -121,7 +121,8 @@ def main(argv=None) -> int:
            + (f", {args.heads} heads x {args.head_dim}" if args.family == "wan" else "") + ")"),
         f"# {args.frames if args.family != 'flux' else 1} frames {args.height}x{args.width}, {args.steps} steps, seed {args.seed}, "
         f"block {args.block_size}; every method with its family preset (warm-up dense_steps / dense_layers shown); "
-        f"DiT s = fastest of {args.repeats} renders",
+        f"DiT s = fastest of {args.repeats} renders "
+        f"(dense: of {2 * args.repeats}, before and after the others)",
     ]
     render(pipe, argparse.Namespace(**dict(vars(args), steps=2)))  # warm-up: allocations out of the timings
     grid = {}
@@ -150,6 +151,9 @@ def main(argv=None) -> int:
             name = method + ("+flashblock" if cache else "")
             rows.append((name, warm, stats["fallbacks"] or "-", stats["density"], eff, seconds, psnr(dense, frames)))
             print(f"[{name}: {seconds:.1f} s]", file=sys.stderr, flush=True)
+    # dense again at the end: its time is the fastest of both batches (load from elsewhere comes and goes)
+    dense_s = min(dense_s, render(pipe, args, args.repeats)[1])
+    rows[0] = rows[0][:5] + (dense_s, None)
     header = f"{'method':<26}{'warm-up':>9}{'density':>9}{'effective':>10}{'DiT s':>8}{'speed-up':>9}{'PSNR dB':>9}"
     lines.append("# warm-up = dense_steps / dense_layers; density = blocks computed in sparse calls (text sink included);")
     lines.append("# effective = with FlashBlock refreshes; PSNR vs the dense render (inf = identical)")
