@@ -15,10 +15,10 @@ from .api import (
     token_grid,
 )
 from .calibration import ParoPlan, calibrate, load_plan
-from .flashblock import block_attention, merge_attention
+from .flashblock import block_attention
 from .geometry import Grid
 from .handle import SparseHandle
-from .kernels import BlockIndex, block_sparse_attention, build_block_index
+from .kernels import BlockIndex, block_scores, block_sparse_attention, build_block_index, merge_attention
 from .methods import list_methods
 
 __version__ = "0.1.0"
@@ -29,6 +29,7 @@ __all__ = [
     "ParoPlan",
     "SparseHandle",
     "block_attention",
+    "block_scores",
     "block_sparse_attention",
     "build_block_index",
     "calibrate",

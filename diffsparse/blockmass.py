@@ -7,8 +7,8 @@ the one-pass estimate AdaSpa calls "LSE-cached search". Block sums are taken per
 (mass divided by the number of query rows in the block), so a partial last block is not
 penalised and a row's masses add up to the share of its attention that falls on video keys.
 
-Plain PyTorch, chunked over query rows (a block-score kernel can replace the inner pass; the
-interface - masses per block from q, k and row LSE - stays).
+On CUDA the Triton block-score kernel (`kernels/block_score.py`) computes the masses, one pass per
+token order; elsewhere a chunked PyTorch pass shares one QK^T across all requested orders.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
+from .kernels.block_score import block_scores
 from .kernels.index import num_blocks
 
 # Elements of one chunk of the probability matrix (B x H x rows x keys), ~64 MB in fp32.
@@ -47,6 +48,8 @@ def block_mass(
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     nq, nk = num_blocks(n, block_q), num_blocks(n, block_k)
     dev = q.device
+    if q.is_cuda:  # the Triton block-score kernel, one pass per order over the permuted tokens
+        return [_kernel_mass(q, k, lse, block_q, block_k, order, scale) for order in orders]
     prepared = []
     for order in orders:
         if order is None:
@@ -73,6 +76,18 @@ def block_mass(
             acc.scatter_add_(1, row_block[:, s:e, None].expand(H, e - s, nk), cols)
     rows = torch.clamp(n - torch.arange(nq, device=dev) * block_q, max=block_q).float()
     return [acc / rows[None, :, None] for _, _, acc in prepared]
+
+
+def _kernel_mass(q, k, lse, block_q, block_k, order, scale, backend: str = "auto") -> torch.Tensor:
+    B, H, n, D = q.shape
+    if order is not None:
+        idx = order.to(q.device).long()[None, :, :].expand(B, H, n)
+        q = torch.gather(q, 2, idx[..., None].expand(B, H, n, D))
+        k = torch.gather(k, 2, idx[..., None].expand(B, H, n, D))
+        lse = torch.gather(lse, 2, idx)
+    mass = block_scores(q, k, lse, (block_q, block_k), scale=scale, backend=backend).sum(0)
+    rows = torch.clamp(n - torch.arange(mass.shape[1], device=q.device) * block_q, max=block_q).float()
+    return mass / rows[None, :, None]
 
 
 def select_blocks(mass: torch.Tensor, density: torch.Tensor | float, row_wise: bool = False) -> torch.Tensor:

@@ -36,34 +36,9 @@ import torch
 import torch.nn.functional as F
 
 from .kernels import BlockIndex, block_sparse_attention, build_block_index
+from .kernels.merge import merge_attention
 from .plan import Plan
 from .quant import sparse_attention
-
-try:  # the kernel package's fused merge, when present
-    from .kernels.merge import merge_attention as _kernel_merge  # type: ignore
-except ImportError:  # pragma: no cover - depends on the kernel work landing
-    _kernel_merge = None
-
-
-def merge_attention(
-    o1: torch.Tensor, l1: torch.Tensor, o2: torch.Tensor, l2: torch.Tensor
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Merge two attention results over disjoint key sets: o `(..., S, D)`, l `(..., S)` -> (o, l).
-
-    Rows empty on both sides (l = -inf twice) give o = 0, l = -inf.
-    """
-    if _kernel_merge is not None:
-        return _kernel_merge(o1, l1, o2, l2)
-    l1, l2 = l1.float(), l2.float()
-    m = torch.maximum(l1, l2)
-    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    w1, w2 = torch.exp(l1 - m), torch.exp(l2 - m)
-    total = w1 + w2
-    lse = m + torch.log(total)
-    safe = torch.where(total > 0, total, torch.ones_like(total))
-    out = (w1 / safe).unsqueeze(-1) * o1.float() + (w2 / safe).unsqueeze(-1) * o2.float()
-    return out.to(o1.dtype), lse
-
 
 def head_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Cosine similarity per head of two `(B, H, S, D)` tensors: `(H,)`."""

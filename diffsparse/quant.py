@@ -1,48 +1,21 @@
-"""Executing a block layout with an optional INT8 QK^T (PARO's `quantize="int8"`).
+"""Executing a block layout with an optional INT8 QK^T (PARO's `quantize="int8"`, any method).
 
-INT8 QK follows SageAttention's recipe: K is smoothed (its mean over tokens is subtracted, which
-leaves softmax unchanged because it shifts every logit of a row by the same amount), then Q and K
-are quantized symmetrically to int8 with one scale per (batch, head, block). When the kernel
-entry point accepts `quantize=` (the Triton INT8 kernel), it does this on the GPU; otherwise the
-values are quantized and dequantized here and the ordinary kernel runs on them, which gives the
-same numbers as an int8 GEMM with fp32 accumulation (products of int8 values sum exactly in fp32
-for head dims up to 1024) but no speed-up.
+The quantization itself (SageAttention-style K smoothing, per-block int8 scales) lives in
+`kernels/int8.py`: the Triton backend runs a real int8 kernel, the PyTorch backend the same
+numbers emulated. The FlexAttention and reference backends have no int8 path, so here they get
+the quantize-dequantized values and the shift of the LSE undone, which gives the same result.
 """
 
 from __future__ import annotations
 
-import inspect
-from functools import lru_cache
 from typing import Optional
 
 import torch
 
 from .kernels import BlockIndex, block_sparse_attention
-from .kernels.index import num_blocks
+from .kernels.int8 import dequantize_blocks, smooth_and_quantize
 
 QUANTIZE = ("int8",)
-
-
-@lru_cache(maxsize=1)
-def _kernel_quantizes() -> bool:
-    return "quantize" in inspect.signature(block_sparse_attention).parameters
-
-
-def fake_quantize_blocks(x: torch.Tensor, block: int, bits: int = 8) -> torch.Tensor:
-    """Symmetric per-(batch, head, block) quantize-dequantize of `(B, H, S, D)` along S blocks."""
-    B, H, S, D = x.shape
-    n = num_blocks(S, block)
-    xf = torch.nn.functional.pad(x.float(), (0, 0, 0, n * block - S)).view(B, H, n, block, D)
-    qmax = 2 ** (bits - 1) - 1
-    scale = xf.abs().amax(dim=(-1, -2), keepdim=True).clamp(min=1e-12) / qmax
-    out = torch.round(xf / scale).clamp(-qmax, qmax) * scale
-    return out.view(B, H, n * block, D)[:, :, :S].to(x.dtype)
-
-
-def int8_qk(q: torch.Tensor, k: torch.Tensor, block_q: int, block_k: int):
-    """(q, k, k_mean) `(B, H, S, D)`: Q and smoothed K after INT8 quantize-dequantize per block."""
-    k_mean = k.mean(dim=2, keepdim=True)
-    return fake_quantize_blocks(q, block_q), fake_quantize_blocks(k - k_mean, block_k), k_mean
 
 
 def sparse_attention(
@@ -60,13 +33,14 @@ def sparse_attention(
         return block_sparse_attention(q, k, v, index, backend=backend, return_lse=return_lse)
     if quantize not in QUANTIZE:
         raise ValueError(f"quantize must be one of {QUANTIZE} or None, got {quantize!r}")
-    if _kernel_quantizes():
+    if backend in ("auto", "triton", "torch"):
         return block_sparse_attention(q, k, v, index, backend=backend, return_lse=return_lse, quantize=quantize)
-    qq, kq, k_mean = int8_qk(q, k, index.block_q, index.block_k)
-    res = block_sparse_attention(qq, kq, v, index, backend=backend, return_lse=return_lse)
+    qq, qs, kq, ks, k_mean = smooth_and_quantize(q, k, index.block_q, index.block_k)
+    qd = dequantize_blocks(qq, qs, index.block_q).to(q.dtype)
+    kd = dequantize_blocks(kq, ks, index.block_k).to(k.dtype)
+    res = block_sparse_attention(qd, kd, v, index, backend=backend, return_lse=return_lse)
     if not return_lse:
         return res
     out, lse = res
-    # Undo the smoothing shift so the LSE is comparable across calls (FlashBlock merges them).
-    shift = torch.matmul(q.float(), k_mean.float().transpose(-1, -2)).squeeze(-1) / q.shape[-1] ** 0.5
+    shift = torch.matmul(q.float(), k_mean.transpose(-1, -2)).squeeze(-1) / q.shape[-1] ** 0.5
     return out, lse + shift

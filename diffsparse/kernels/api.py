@@ -1,8 +1,9 @@
 """The one execution entry point: `block_sparse_attention(q, k, v, block_mask, ...)`.
 
 Every sparse method ends here. It validates shapes, builds (or reuses) the CSR index of the
-block mask and dispatches: CUDA -> our Triton kernel (FlexAttention until it is present),
+block mask and dispatches: CUDA -> our Triton kernels (FlexAttention if triton is missing),
 CPU -> the genuinely sparse PyTorch path. `backend=` forces a path (tests, benchmarks).
+See docs/kernels.md.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import torch
 
 from .index import BlockIndex, BlockSize, build_block_index, normalize_block_size, num_blocks
 from .reference import reference_attention
-from .torch_sparse import torch_block_sparse_attention
+from .ops import block_sparse_op
 
 BACKENDS = ("auto", "triton", "flex", "torch", "reference")
+QUANTIZE = (None, "int8")
 
 
 def _triton_fn():
@@ -55,6 +57,7 @@ def block_sparse_attention(
     scale: float | None = None,
     return_lse: bool = False,
     backend: str = "auto",
+    quantize: str | None = None,
 ):
     """Attention computing only the kept blocks of `block_mask`.
 
@@ -67,9 +70,18 @@ def block_sparse_attention(
         return_lse: also return lse `(B, H, Sq)` float32, natural-log softmax denominator of the
             scaled logits. A query row with no kept block gets out = 0 and lse = -inf.
         backend: "auto" | "triton" | "flex" | "torch" | "reference".
+        quantize: None or "int8": INT8 QK^T (SageAttention-style smoothing), inference only;
+            on the "triton" backend a real int8 kernel, on "torch" the same numbers emulated.
+
+    Differentiable on the "triton" and "torch" backends (custom ops with explicit backward
+    kernels); `torch.compile(fullgraph=True)` traces through a call with a prebuilt `BlockIndex`.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    if quantize not in QUANTIZE:
+        raise ValueError(f"unknown quantize {quantize!r}; choose one of {QUANTIZE}")
+    if quantize is not None and backend in ("flex", "reference"):
+        raise ValueError(f"quantize={quantize!r} runs on backend 'auto', 'triton' or 'torch', not {backend!r}")
     if isinstance(block_mask, BlockIndex):
         index = block_mask
     else:
@@ -91,7 +103,7 @@ def block_sparse_attention(
         fn = _triton_fn()
         if fn is None:
             raise RuntimeError("backend='triton' requested but diffsparse.kernels.triton_attention is unavailable")
-        return fn(q, k, v, index, scale=scale, return_lse=return_lse)
+        return fn(q, k, v, index, scale=scale, return_lse=return_lse, quantize=quantize)
     if backend == "flex":
         from .flex import flex_block_sparse_attention
 
@@ -101,4 +113,4 @@ def block_sparse_attention(
             q, k, v, index.mask, (index.block_q, index.block_k), scale=scale, return_lse=return_lse,
             compute_dtype=torch.float64 if q.device.type == "cpu" else torch.float32,
         )
-    return torch_block_sparse_attention(q, k, v, index, scale=scale, return_lse=return_lse)
+    return block_sparse_op(q, k, v, index, scale=scale, return_lse=return_lse, impl="torch", quantize=quantize)
