@@ -239,3 +239,22 @@ def test_block_mass_kernel_path_matches_shared_pass_for_permuted_orders():
     for order, want in zip([None, orders], shared):
         got = _kernel_mass(q, k, lse, 8, 12, order, 0.25, backend="triton")
         assert torch.allclose(got.cpu(), want, atol=1e-5)
+
+
+@pytest.mark.parametrize("family,method,opts", [
+    ("wan", "radial", {}), ("hunyuan", "sliding_window", {}), ("flux", "grat", {}), ("wan", "adaspa", {}),
+])
+def test_methods_run_on_the_triton_kernels_in_pipelines(family, method, opts):
+    """Every layer of a real (tiny) pipeline through the Triton kernels gives the CPU path's output."""
+    import diffsparse
+    from pipeline_helpers import BUILDERS, render
+
+    pipe = BUILDERS[family]()
+    outs = {}
+    for backend in ("torch", "triton"):
+        handle = diffsparse.enable_sparse_attention(pipe, method=method, block_size=16, dense_steps=0,
+                                                    backend=backend, **opts)
+        outs[backend] = render(pipe, family)
+        assert handle.stats()["sparse_calls"] > 0
+        diffsparse.disable_sparse_attention(pipe)
+    assert (outs["triton"] - outs["torch"]).abs().max() < 1e-4

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import warnings
 
 import torch
 
@@ -92,6 +93,7 @@ def block_sparse_attention(
     _validate(q, k, v, index)
     index = index.to(q.device)
 
+    auto_cuda = backend == "auto" and q.is_cuda
     if backend == "auto":
         if q.is_cuda:
             backend = "triton" if _triton_fn() is not None else "flex"
@@ -103,7 +105,16 @@ def block_sparse_attention(
         fn = _triton_fn()
         if fn is None:
             raise RuntimeError("backend='triton' requested but diffsparse.kernels.triton_attention is unavailable")
-        return fn(q, k, v, index, scale=scale, return_lse=return_lse, quantize=quantize)
+        if not auto_cuda:
+            return fn(q, k, v, index, scale=scale, return_lse=return_lse, quantize=quantize)
+        try:
+            return fn(q, k, v, index, scale=scale, return_lse=return_lse, quantize=quantize)
+        except Exception as e:  # a kernel that does not compile for this GPU/shape: say so, stay correct
+            if type(e).__module__.split(".")[0] != "triton" or quantize is not None:
+                raise
+            warnings.warn(f"diffsparse: Triton kernel failed on {torch.cuda.get_device_name(q.device)} "
+                          f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); using FlexAttention for this call")
+            backend = "flex"
     if backend == "flex":
         from .flex import flex_block_sparse_attention
 

@@ -7,8 +7,8 @@ splits like FlashAttention-2: one kernel accumulates dQ walking the same list, o
 dK/dV per key tile walking the *transposed* list (the query blocks that read the key block).
 
 Any layout block size works: a layout block of `bq` query rows is covered by tiles of
-`BLOCK_M = min(next_pow2(bq), 128)` rows (several tiles if bq > 128, masked rows if bq is not a
-power of two); key blocks likewise by `BLOCK_N` tiles. Head dims are padded to a power of two.
+`BLOCK_M = min(next_pow2(bq), cap)` rows (several tiles if bq > cap, masked rows if bq is not a
+power of two; cap 128, or 64 for fp32, wide heads and the backward); key blocks likewise. Head dims are padded to a power of two.
 Sequence ends are masked, so lengths need not be block multiples.
 
 Math is in base 2 (`exp2`, scale folded with log2(e)) like the Triton fused-attention tutorial;
@@ -42,12 +42,14 @@ def _upcast(dtype: torch.dtype) -> bool:
     return _interpreting() and dtype == torch.bfloat16
 
 
-def _launch_opts() -> dict:
-    """Warps/stages: fixed in the interpreter (it ignores them), tuned for Hopper/Ampere otherwise."""
-    if _interpreting() or not torch.cuda.is_available():
+def _launch_opts(block_m: int, device: torch.device) -> dict:
+    """Warps/stages: ignored by the interpreter; on GPUs 8 warps for 128-row tiles on Hopper, else 4,
+    and 3 pipeline stages for 128-wide tiles on Ampere and newer, 2 otherwise."""
+    if _interpreting() or device.type != "cuda":
         return {}
-    major = torch.cuda.get_device_capability()[0]
-    return {"num_warps": 8 if major >= 9 else 4, "num_stages": 3 if major >= 8 else 2}
+    major = torch.cuda.get_device_capability(device)[0]
+    big = block_m >= 128
+    return {"num_warps": 8 if (big and major >= 9) else 4, "num_stages": 3 if (big and major >= 8) else 2}
 
 
 @triton.jit
@@ -254,9 +256,18 @@ def _bwd_dkdv_kernel(
              mask=col_ok[:, None] & (offs_dv[None, :] < DV))
 
 
-def _tiles(bq: int, bk: int):
-    block_m, block_n = _pow2(bq), _pow2(bk)
+def _tiles(bq: int, bk: int, cap: int = 128):
+    block_m, block_n = _pow2(bq, hi=cap), _pow2(bk, hi=cap)
     return block_m, block_n, -(-bq // block_m), -(-bk // block_n)
+
+
+def _tile_cap(dtype: torch.dtype, d_pad: int, backward: bool) -> int:
+    """Largest tile side that keeps the pipelined tiles in shared memory: 128 for 16-bit inputs with
+    head dims up to 128 (forward), 64 for fp32, wider heads and the backward (more live tiles)."""
+    if _interpreting():
+        return 128
+    wide = torch.tensor([], dtype=dtype).element_size() * d_pad > 256
+    return 64 if (backward or wide) else 128
 
 
 def _csr_strides(counts: torch.Tensor, indices: torch.Tensor):
@@ -279,7 +290,7 @@ def triton_forward(q, k, v, counts, indices, block_q: int, block_k: int, scale: 
     if poison:
         out.fill_(float("nan"))
         lse.fill_(float("nan"))
-    block_m, block_n, tiles_m, tiles_n = _tiles(block_q, block_k)
+    block_m, block_n, tiles_m, tiles_n = _tiles(block_q, block_k, _tile_cap(v.dtype, _pow2(max(D, Dv), hi=1 << 30), False))
     cs, ist = _csr_strides(counts, indices)
     if quant is None:
         qs = ks = lse  # unused pointers
@@ -295,7 +306,7 @@ def triton_forward(q, k, v, counts, indices, block_q: int, block_k: int, scale: 
         BQ=block_q, BK=block_k, TILES_M=tiles_m, TILES_N=tiles_n, BLOCK_M=block_m, BLOCK_N=block_n,
         D_PAD=_pow2(D), DV_PAD=_pow2(Dv, hi=1 << 30), QUANT=quant is not None, FP32_IEEE=v.dtype == torch.float32,
         UPCAST=_upcast(v.dtype),
-        **_launch_opts(),
+        **_launch_opts(block_m, q.device),
     )
     return out, lse
 
@@ -312,10 +323,10 @@ def triton_backward(q, k, v, out, lse, dout, counts, indices, t_counts, t_indice
     if poison:
         for t in (dq, dk, dv):
             t.fill_(float("nan"))
-    block_m, block_n, tiles_m, tiles_n = _tiles(block_q, block_k)
+    block_m, block_n, tiles_m, tiles_n = _tiles(block_q, block_k, _tile_cap(q.dtype, _pow2(max(D, Dv), hi=1 << 30), True))
     common = dict(BQ=block_q, BK=block_k, TILES_M=tiles_m, TILES_N=tiles_n, BLOCK_M=block_m, BLOCK_N=block_n,
                   D_PAD=_pow2(D), DV_PAD=_pow2(Dv, hi=1 << 30), FP32_IEEE=q.dtype == torch.float32,
-                  UPCAST=_upcast(q.dtype), **_launch_opts())
+                  UPCAST=_upcast(q.dtype), **_launch_opts(block_m, q.device))
     strides = (*q.stride(), *k.stride(), *v.stride(), *dout.stride(), *lse.stride())
     cs, ist = _csr_strides(counts, indices)
     # dq/dk/dv are empty_like(q/k/v): same strides as the inputs, so the input strides address them.
