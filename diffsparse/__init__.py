@@ -20,6 +20,7 @@ from .geometry import Grid
 from .handle import SparseHandle
 from .kernels import BlockIndex, block_scores, block_sparse_attention, build_block_index, merge_attention
 from .methods import list_methods
+from .parallel import context_parallel_plan
 
 __version__ = "0.1.0"
 
@@ -33,6 +34,7 @@ __all__ = [
     "block_sparse_attention",
     "build_block_index",
     "calibrate",
+    "context_parallel_plan",
     "disable_sparse_attention",
     "enable_sparse_attention",
     "get_handle",

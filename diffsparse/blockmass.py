@@ -128,9 +128,14 @@ def head_adaptive_sparsity(mass: torch.Tensor, sparsity: float, threshold: float
     """AdaSpa's per-head sparsity `(H,)`: with n heads whose recall at `sparsity` exceeds `threshold`,
     the n best heads get (1+s)/2, the n worst (3s-1)/2 (n capped at H // 2 so the sets are
     disjoint; the mean stays s whenever s >= 1/3, below that the dense side is clamped at 0)."""
-    H = mass.shape[0]
+    rec = recall(mass, select_blocks(mass, 1.0 - float(sparsity), row_wise))
+    return sparsity_from_recall(rec, sparsity, threshold)
+
+
+def sparsity_from_recall(rec: torch.Tensor, sparsity: float, threshold: float = 0.8) -> torch.Tensor:
+    """The head-adaptive rule given each head's recall `(H,)` at the target sparsity (see above)."""
+    H = rec.shape[0]
     s = float(sparsity)
-    rec = recall(mass, select_blocks(mass, 1.0 - s, row_wise))
     n = min(int((rec > threshold).sum()), H // 2)
     out = torch.full((H,), s, dtype=torch.float64)
     if n:

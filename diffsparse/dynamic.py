@@ -55,6 +55,30 @@ class DynamicLayout:
     info: Optional[Dict[str, Any]] = None
 
 
+@dataclass(frozen=True)
+class HeadShard:
+    """The heads one Ulysses rank attends: `[start, start + local)` of `total`, and its process group."""
+
+    start: int
+    total: int
+    group: Any = None
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-head values `(H_local, ...)` of every rank -> `(H_total, ...)` in head order."""
+        import torch.distributed as dist
+
+        y = x.contiguous()
+        if dist.get_backend(self.group) == "nccl":  # NCCL moves CUDA tensors only
+            y = y.to(f"cuda:{torch.cuda.current_device()}")
+        parts = [torch.empty_like(y) for _ in range(self.total // x.shape[0])]
+        dist.all_gather(parts, y, group=self.group)
+        return torch.cat(parts).to(x.device)
+
+    def local(self, x: torch.Tensor, local: int) -> torch.Tensor:
+        """This rank's rows of a per-head tensor `(H_total, ...)`; broadcast `(1, ...)` stays."""
+        return x if x.shape[0] == 1 else x[self.start : self.start + local]
+
+
 @dataclass
 class DynamicContext:
     """One sparse attention call as a dynamic method sees it."""
@@ -70,6 +94,7 @@ class DynamicContext:
     backend: str
     cache: Dict[str, Any]  # per (layer, slot, geometry); cleared per pipeline call
     base: Plan  # identity layout: internal order = [video raster ; usable text], every block kept
+    shard: Optional[HeadShard] = None  # under Ulysses: which of the model's heads this call holds
     _qkv: Tuple[torch.Tensor, torch.Tensor, torch.Tensor] = field(repr=False, default=None)  # model order
     _internal: Optional[Tuple[torch.Tensor, ...]] = field(repr=False, default=None)
 
@@ -83,7 +108,21 @@ class DynamicContext:
 
     @property
     def heads(self) -> int:
+        """Heads in this call (a rank's share under Ulysses)."""
         return self._qkv[0].shape[2]
+
+    @property
+    def model_heads(self) -> int:
+        """Heads of the attention layer (all ranks together)."""
+        return self.heads if self.shard is None else self.shard.total
+
+    def local_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """This call's rows of a per-head tensor over all the model's heads."""
+        return x if self.shard is None else self.shard.local(x, self.heads)
+
+    def gather_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-head values of this call `(H, ...)` -> over all the model's heads (all ranks)."""
+        return x if self.shard is None else self.shard.gather(x)
 
     def qkv(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q, k, v `(B, H, S, D)` in internal order `[video raster ; usable text]` (computed once)."""
@@ -183,6 +222,7 @@ class DynamicEngine:
         q: torch.Tensor,
         k: torch.Tensor,
         v: torch.Tensor,
+        shard: Optional[HeadShard] = None,
     ) -> Tuple[Plan, Optional[torch.Tensor], Optional[str]]:
         """(plan to execute or account for, output already computed in model order or None, quantize)."""
         bq, bk = handle.settings.block_size
@@ -198,7 +238,7 @@ class DynamicEngine:
             ctx = DynamicContext(
                 layer=layer, step=handle.state.step, num_steps=handle.pipeline_steps(), forward_id=fid, slot=slot,
                 spans=spans, block_q=bq, block_k=bk, backend=handle.settings.backend, cache=cache, base=base,
-                _qkv=(q, k, v),
+                shard=shard, _qkv=(q, k, v),
             )
             layout = self.method.dynamic_layout(ctx)
             if layout.info is not None:

@@ -178,8 +178,10 @@ class SparseHandle:
         key_mask: Optional[torch.Tensor],
         dense: Callable[[], torch.Tensor],
         chunks: int = 1,
+        shard: Any = None,
     ) -> torch.Tensor:
-        """Sparse attention over a whole sequence (`chunks` > 1: gathered Ulysses layout)."""
+        """Sparse attention over a whole sequence (`chunks` > 1: gathered Ulysses layout, `shard`:
+        the `dynamic.HeadShard` of the heads this rank holds)."""
         groups, reason = self._geometry(q, text_len, text_first, key_mask, chunks)
         if reason is not None:
             self._fallback(reason)
@@ -194,7 +196,7 @@ class SparseHandle:
             qg, kg, vg = (x if rows is None else x[rows] for x in (q, k, v))
             og, quantize = None, None
             if dynamic is not None:
-                plan, og, quantize = dynamic.decide(self, layer, slot, spans, key_text, qg, kg, vg)
+                plan, og, quantize = dynamic.decide(self, layer, slot, spans, key_text, qg, kg, vg, shard)
             else:
                 plan = self.plan(spans, key_text, q.device)
             if og is None:

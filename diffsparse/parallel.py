@@ -5,8 +5,11 @@ slice of the sequence with all heads. Diffusers' templated CP attention all-to-a
 its `forward_op` sees the *whole* sequence with H/N heads, then all-to-alls the output back. We
 plug our sparse attention in as that forward op: grid layouts stay valid because the gathered
 sequence is the ranks' chunks in order (each `[video_r ; text_r]`), which `TokenSpans(chunks=N)`
-describes. Ring attention (key chunks rotating between ranks) would need global block offsets in
-the kernel and is refused with a clear error.
+describes. Per-head layouts of dynamic methods are sliced to the rank's heads (`HeadShard`: the
+Ulysses all-to-all gives rank r heads [r*H/N, (r+1)*H/N)). A key-padding mask (HunyuanVideo's text padding) is passed rank-local; Diffusers
+all-gathers it into the same gathered order. HunyuanVideo needs a CP plan of its own:
+`context_parallel_plan(transformer)` returns it. Ring attention (key chunks rotating between ranks)
+would need global block offsets in the kernel and is refused with a clear error.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 
 import torch
+
+from .dynamic import HeadShard
 
 
 def _ulysses(config: Any):
@@ -40,8 +45,8 @@ def context_parallel_attention(handle, layer: int, q, k, v, text_first: bool, ke
     if grid is None or grid.numel % world:
         return dense()  # the stock CP path handles (or rejects) what we cannot lay out
     local_text = q.shape[1] - grid.numel // world
-    if key_mask is not None:
-        handle._fallback("attention masks are not supported under context parallelism")
+    if key_mask is not None and key_mask.shape[-1] != q.shape[1]:
+        handle._fallback(f"attention mask of {key_mask.shape[-1]} keys is not rank-local ({q.shape[1]} tokens)")
         return dense()
 
     def forward_op(ctx, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
@@ -50,24 +55,29 @@ def context_parallel_attention(handle, layer: int, q, k, v, text_first: bool, ke
             raise NotImplementedError("sparse Ulysses forward does not return LSE")
         if _save_ctx:
             ctx.save_for_backward(query, key, value)
+            ctx.diffsparse_mask = attn_mask
 
+        # attn_mask: the ranks' local key masks all-gathered by Diffusers, i.e. in gathered order.
         def gathered_dense():
             qh, kh, vh = (x.transpose(1, 2) for x in (query, key, value))
-            return torch.nn.functional.scaled_dot_product_attention(qh, kh, vh, scale=scale).transpose(1, 2)
+            return torch.nn.functional.scaled_dot_product_attention(qh, kh, vh, attn_mask=attn_mask,
+                                                                    scale=scale).transpose(1, 2)
 
+        local_heads = query.shape[2]
+        shard = HeadShard(cp._ulysses_local_rank * local_heads, local_heads * world, cp._ulysses_mesh.get_group())
         return handle.sparse(
-            layer, query, key, value, text_len=local_text * world, text_first=text_first, key_mask=None,
-            dense=gathered_dense, chunks=world,
+            layer, query, key, value, text_len=local_text * world, text_first=text_first, key_mask=attn_mask,
+            dense=gathered_dense, chunks=world, shard=shard,
         )
 
     def backward_op(ctx, grad_out, *args, **kwargs):
         query, key, value = (x.detach().requires_grad_(True) for x in ctx.saved_tensors)
         with torch.enable_grad():
-            out = forward_op(ctx, query, key, value, _save_ctx=False)
+            out = forward_op(ctx, query, key, value, ctx.diffsparse_mask, _save_ctx=False)
         return torch.autograd.grad(out, (query, key, value), grad_out)
 
     return _templated_context_parallel_attention(
-        q, k, v, None, 0.0, False, None, False, False,
+        q, k, v, key_mask, 0.0, False, None, False, False,
         forward_op=forward_op, backward_op=backward_op, _parallel_config=config,
     )
 
@@ -76,3 +86,15 @@ def check_parallel_support(config: Optional[Any]) -> None:
     """Raise before enabling when a model's parallel config cannot run sparse attention."""
     if config is not None:
         _ulysses(config)
+
+
+def context_parallel_plan(model: Any) -> Optional[dict]:
+    """The `cp_plan` to pass to `transformer.enable_parallelism(config=..., cp_plan=...)`.
+
+    None for models that ship their own (Wan, FLUX); diffsparse's plan for HunyuanVideo. Accepts a
+    pipeline or a transformer.
+    """
+    from .pipelines import find_adapter
+
+    transformer = getattr(model, "transformer", model)
+    return find_adapter(transformer).context_parallel_plan(transformer)

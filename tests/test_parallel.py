@@ -15,6 +15,13 @@ CONFIGS = [
     ("wan", "grat", {"block_size": 4, "group_size": (1, 2, 2), "variant": "block", "radius": 0}),
     ("flux", "sliding_window", {"block_size": 4, "tile": (1, 2, 2), "window_tiles": (1, 1, 1)}),
     ("flux", "grat", {"block_size": 4, "group_size": (1, 2, 2), "parallel_first": True}),
+    # HunyuanVideo: diffsparse's CP plan, and the text key-padding mask made rank-local.
+    ("hunyuan", "sliding_window", {"block_size": 4, "tile": (1, 2, 2), "window_tiles": (1, 1, 1)}),
+    ("hunyuan", "radial", {"block_size": 4, "decay_factor": 0.5}),
+    # Dynamic methods: per-head layouts sliced to each rank's heads; AdaSpa ranks heads over all ranks.
+    ("wan", "adaspa", {"block_size": 4, "search_steps": (0,), "sparsity": 0.6, "head_adaptive": True,
+                       "recall_threshold": 0.3, "calls": 2}),
+    ("wan", "paro", {"calibrate": True}),
 ]
 
 

@@ -22,7 +22,7 @@ import warnings
 
 import torch
 
-from ..blockmass import block_mass, head_adaptive_sparsity, recall, select_blocks
+from ..blockmass import block_mass, recall, select_blocks, sparsity_from_recall
 from ..dynamic import DynamicContext, DynamicLayout, DynamicMethod
 from .base import SparseMethod, boolean
 
@@ -93,7 +93,9 @@ class AdaSpa(DynamicMethod, SparseMethod):
         with torch.no_grad():
             mass = block_mass(q[:, :, :nv], k[:, :, :nv], lse[:, :, :nv], ctx.block_q, ctx.block_k)[0].cpu()
         if self.head_adaptive:
-            sparsity = head_adaptive_sparsity(mass, self.sparsity, self.recall_threshold, self.row_wise)
+            # Ranked over all of the layer's heads: under Ulysses the recalls of every rank are gathered.
+            rec = ctx.gather_heads(recall(mass, select_blocks(mass, 1.0 - self.sparsity, self.row_wise)))
+            sparsity = ctx.local_heads(sparsity_from_recall(rec, self.sparsity, self.recall_threshold))
         else:
             sparsity = torch.full((mass.shape[0],), self.sparsity, dtype=torch.float64)
         keep = select_blocks(mass, 1.0 - sparsity, self.row_wise)

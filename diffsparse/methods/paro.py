@@ -52,15 +52,13 @@ class Paro(DynamicMethod, SparseMethod):
 
     def dynamic_layout(self, ctx: DynamicContext) -> DynamicLayout:
         plan = self.plan
-        if ctx.heads != plan.heads:
-            raise ValueError(
-                f"PARO plan has {plan.heads} heads per layer but this attention call has {ctx.heads} "
-                "(context parallelism splits heads; PARO runs without it)"
-            )
+        if ctx.model_heads != plan.heads:
+            raise ValueError(f"PARO plan has {plan.heads} heads per layer but this attention layer has {ctx.model_heads}")
         bucket = plan.bucket(ctx.step, ctx.num_steps)
+        shard = None if ctx.shard is None else ctx.shard.start  # under Ulysses: this rank's heads only
         return DynamicLayout(
-            mask=plan.mask(bucket, ctx.layer), order=plan.head_orders(ctx.layer),
-            key=("paro", id(plan), bucket, ctx.layer), persistent=True, quantize=self.quantize,
+            mask=ctx.local_heads(plan.mask(bucket, ctx.layer)), order=ctx.local_heads(plan.head_orders(ctx.layer)),
+            key=("paro", id(plan), bucket, ctx.layer, shard), persistent=True, quantize=self.quantize,
         )
 
     def video_layout(self, grid, block_q, block_k):

@@ -44,6 +44,11 @@ class ModelAdapter:
     def make_processor(handle: Any, layer: int) -> Any:
         raise NotImplementedError
 
+    @staticmethod
+    def context_parallel_plan(transformer: torch.nn.Module) -> Optional[Dict[str, Any]]:
+        """A Diffusers CP plan for `enable_parallelism(cp_plan=...)`; None: the model ships its own."""
+        return None
+
 
 def video_grid(hidden_states: torch.Tensor, patch: Tuple[int, int, int]) -> Grid:
     """Grid of a `(B, C, F, H, W)` latent after a `(pt, ph, pw)` patchify."""

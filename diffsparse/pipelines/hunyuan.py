@@ -22,6 +22,44 @@ def _heads(x, heads):
     return x.unflatten(2, (heads, -1))
 
 
+def _rank_local_mask(mask, hidden_states, encoder_hidden_states, single, config):
+    """The model builds one key mask `(B, 1, 1, Nv + Nt)` over the *whole* sequence; under Ulysses this
+    rank holds `[video_r ; text_r]`, so keep those columns. Diffusers' Ulysses attention all-gathers
+    the local masks, which puts them in the gathered sequence's order `[video_0 ; text_0 ; video_1 ; ...]`."""
+    n_txt = encoder_hidden_states.shape[1]
+    n_vid = hidden_states.shape[1] - (n_txt if single else 0)
+    if mask.shape[-1] == n_vid + n_txt:
+        return mask  # already local
+    cp = config.context_parallel_config
+    world, rank = cp.ulysses_degree, cp._ulysses_local_rank
+    total_vid = mask.shape[-1] - n_txt * world
+    if total_vid != n_vid * world:
+        raise ValueError(f"attention mask of {mask.shape[-1]} keys does not match {world} ranks of "
+                         f"{n_vid} video + {n_txt} text tokens")
+    video = mask[..., rank * n_vid : (rank + 1) * n_vid]
+    text = mask[..., total_vid + rank * n_txt : total_vid + (rank + 1) * n_txt]
+    return torch.cat([video, text], dim=-1)
+
+
+def hunyuan_cp_plan(transformer) -> dict:
+    """Ulysses plan for `HunyuanVideoTransformer3DModel` (Diffusers ships none).
+
+    Video and text are both split over the ranks at the first block (each rank: `[video_r ; text_r]`),
+    RoPE tables are split with the video, the output is gathered at `proj_out`. The key-padding mask
+    is built by the model over the whole sequence and made rank-local by our processor.
+    """
+    from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
+
+    first = "transformer_blocks.0" if len(transformer.transformer_blocks) else "single_transformer_blocks.0"
+    split = ContextParallelInput(split_dim=1, expected_dims=3, split_output=False)
+    rope = ContextParallelInput(split_dim=0, expected_dims=2, split_output=True)
+    return {
+        "rope": {0: rope, 1: rope},
+        first: {"hidden_states": split, "encoder_hidden_states": split},
+        "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
+    }
+
+
 class HunyuanVideoSparseProcessor(HunyuanVideoAttnProcessor2_0):
     """Stock HunyuanVideo attention with the attention call routed through the handle."""
 
@@ -53,6 +91,10 @@ class HunyuanVideoSparseProcessor(HunyuanVideoAttnProcessor2_0):
             if attn.norm_added_k is not None:
                 ek = attn.norm_added_k(ek)
             query, key, value = torch.cat([query, eq], 1), torch.cat([key, ek], 1), torch.cat([value, ev], 1)
+
+        if self._parallel_config is not None and attention_mask is not None:
+            attention_mask = _rank_local_mask(attention_mask, hidden_states, encoder_hidden_states, single,
+                                              self._parallel_config)
 
         def dense():
             return dispatch_attention_fn(
@@ -91,3 +133,7 @@ class HunyuanVideoAdapter(ModelAdapter):
     @staticmethod
     def make_processor(handle, layer):
         return HunyuanVideoSparseProcessor(handle, layer)
+
+    @staticmethod
+    def context_parallel_plan(transformer):
+        return hunyuan_cp_plan(transformer)
