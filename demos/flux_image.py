@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 import diffsparse
-from diffsparse.render import psnr
+from diffsparse.render import psnr, ssim
 from diffsparse.tiny import example_inputs, tiny_flux_pipeline
 from diffsparse.viz import label, save_png
 
@@ -52,11 +52,11 @@ tiles, rows = [label(dense[None], "dense")[0]], []
 for method in ("sliding_window", "grat"):
     image, t, density = run(method)
     tiles.append(label(image[None], method)[0])
-    rows.append((method, t, density, psnr(dense, image)))
+    rows.append((method, t, density, psnr(dense[None], image[None]), ssim(dense[None], image[None])))
 save_png((np.concatenate(tiles, axis=1) * 255).round().astype(np.uint8), args.out)
 print(f"wrote {args.out}")
-print(f"{'method':<16}{'time s':>8}{'speed-up':>10}{'density':>9}{'PSNR dB':>9}")
-print(f"{'dense':<16}{t_dense:>8.2f}{1.0:>10.2f}{1.0:>9.3f}{'-':>9}")
-for name, t, density, p in rows:
+print(f"{'method':<16}{'time s':>8}{'speed-up':>10}{'density':>9}{'PSNR dB':>9}{'SSIM':>8}")
+print(f"{'dense':<16}{t_dense:>8.2f}{1.0:>10.2f}{1.0:>9.3f}{'-':>9}{'-':>8}")
+for name, t, density, p, s in rows:
     d = "n/a" if density is None else f"{density:.3f}"
-    print(f"{name:<16}{t:>8.2f}{t_dense / t:>10.2f}{d:>9}{'-' if p is None else f'{p:.2f}':>9}")
+    print(f"{name:<16}{t:>8.2f}{t_dense / t:>10.2f}{d:>9}{'-' if p is None else f'{p:.2f}':>9}{s:>8.4f}")

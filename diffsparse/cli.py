@@ -1,4 +1,4 @@
-"""Command line: `diffsparse render ...` (also `python -m diffsparse`)."""
+"""Command line: `diffsparse render | eval | show-mask | bench ...` (also `python -m diffsparse`)."""
 
 from __future__ import annotations
 
@@ -33,13 +33,17 @@ def _render(args: argparse.Namespace) -> int:
     if args.compare == "dense":
         dense = R.render(pipe, None, **opts)
         sbs = args.out.rsplit(".", 1)[0] + "_compare.mp4"
+        dense_out = args.out.rsplit(".", 1)[0] + "_dense.mp4"
+        export_to_video(list(dense.frames), dense_out, fps=args.fps)
         export_to_video(list(R.side_by_side(dense.frames, sparse.frames)), sbs, fps=args.fps)
         p = R.psnr(dense.frames, sparse.frames)
+        sim = R.ssim(dense.frames, sparse.frames)
         print(f"wrote {sbs}: dense | {args.method} | |difference| x8")
-        print(f"{'':<10}{'DiT s':>8}{'speed-up':>10}{'density':>9}{'PSNR dB':>9}")
-        print(f"{'dense':<10}{dense.dit_seconds:>8.2f}{1.0:>10.2f}{1.0:>9.3f}{'-':>9}")
+        print(f"{'':<10}{'DiT s':>8}{'speed-up':>10}{'density':>9}{'PSNR dB':>10}{'SSIM':>8}")
+        print(f"{'dense':<10}{dense.dit_seconds:>8.2f}{1.0:>10.2f}{1.0:>9.3f}{'-':>10}{'-':>8}")
         print(f"{args.method:<10}{sparse.dit_seconds:>8.2f}{dense.dit_seconds / sparse.dit_seconds:>10.2f}"
-              f"{(density if density is not None else 1.0):>9.3f}{('identical' if p is None else f'{p:.2f}'):>9}")
+              f"{(density if density is not None else 1.0):>9.3f}{('identical' if p is None else f'{p:.2f}'):>10}{sim:>8.4f}")
+        print(f"wrote {dense_out}; score both offline: diffsparse eval {args.out} --reference {dense_out}")
     return 0
 
 
@@ -169,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--opt", action="append", help="method option key=value (repeatable)")
     m.add_argument("--out", default="mask.png")
     m.set_defaults(func=_show_mask)
+
+    from .eval_cli import add_parser as add_eval_parser
+
+    add_eval_parser(sub)
 
     b = sub.add_parser("bench", help="run the benchmark scripts (ratios measured in one run)")
     b.add_argument("which", nargs="?", choices=["all", "attention", "transformer"], default="all")

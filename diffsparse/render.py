@@ -148,8 +148,14 @@ def side_by_side(dense: np.ndarray, sparse: np.ndarray, gain: float = 8.0) -> np
 
 
 def psnr(reference: np.ndarray, candidate: np.ndarray) -> Optional[float]:
-    """PSNR in dB over the whole video on 8-bit values (None when identical)."""
-    a = np.round(np.clip(reference, 0, 1) * 255).astype(np.float64)
-    b = np.round(np.clip(candidate, 0, 1) * 255).astype(np.float64)
-    mse = float(np.mean((a - b) ** 2))
-    return None if mse == 0 else 10.0 * np.log10(255.0**2 / mse)
+    """PSNR in dB of float frames in [0, 1] on 8-bit values, MSE pooled over the video (None: identical)."""
+    from .metrics import fidelity, to_uint8
+
+    return fidelity.psnr(to_uint8(candidate), to_uint8(reference))
+
+
+def ssim(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Mean per-frame luma SSIM (Wang et al.) of float frames in [0, 1] on 8-bit values."""
+    from .metrics import fidelity, to_uint8
+
+    return fidelity.ssim(to_uint8(candidate), to_uint8(reference))

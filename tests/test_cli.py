@@ -19,7 +19,10 @@ def test_render_compare_writes_videos_and_table(tmp_path, capsys):
     assert frames.shape[0] == 9 and frames.shape[1:3] == (64, 96)
     sbs = iio.imread(tmp_path / "out_compare.mp4")
     assert sbs.shape[2] == 3 * 96
-    assert "speed-up" in text and "sliding_window" in text
+    assert "speed-up" in text and "sliding_window" in text and "SSIM" in text
+    assert iio.imread(tmp_path / "out_dense.mp4").shape == frames.shape
+    # the printed eval command scores the pair offline
+    assert main(["eval", str(out), "--reference", str(tmp_path / "out_dense.mp4"), "--json", str(tmp_path / "e.json")]) == 0
 
 
 def test_render_refuses_missing_model_folder(tmp_path):

@@ -1,0 +1,183 @@
+"""Evaluation harness: prompts x methods (same seeds) -> quality vs dense and speed, in one folder.
+
+For every prompt it renders dense and each method with the same seed, scores every sparse video
+against its dense twin with `diffsparse.metrics` (fidelity: PSNR/SSIM[/LPIPS]; no-reference
+VBench-style scores for both), and writes into `eval/results/<run>/`:
+`results.json` (everything, per video), `results.md` (the table), `quality_vs_speed.png`
+(PSNR vs speed-up, one point per method) and, with `--save-videos`, the mp4s.
+
+    python eval/run_eval.py --run eval_default                     # embedded reference model
+    python eval/run_eval.py --model /ckpt/Wan2.1-T2V-1.3B-Diffusers --prompts prompts.txt --run wan13b
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from typing import Dict, List
+
+import numpy as np
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_METHODS = ["radial", "sliding_window", "grat", "adaspa"]
+SUMMARY = ["psnr", "ssim", "subject_consistency", "temporal_flickering", "motion_smoothness", "dynamic_degree"]
+
+
+def default_prompts(n: int) -> List[str]:
+    """Held-out captions of the reference model's grammar (never seen in training), spread over the set."""
+    from diffsparse.reference.data import held_out_specs
+
+    specs = held_out_specs()
+    step = max(1, len(specs) // n)
+    return [specs[i * step].caption for i in range(n)]
+
+
+def quality_vs_speed_png(rows: List[Dict], path: str) -> None:
+    """Scatter of PSNR vs dense (y) against speed-up (x), one labelled point per method (OpenCV)."""
+    import cv2
+
+    pts = [(r["method"], r["speedup"], r["psnr"]) for r in rows if r["psnr"] is not None]
+    W, H, m = 640, 420, 60
+    img = np.full((H, W, 3), 255, np.uint8)
+    if pts:
+        xs, ys = [p[1] for p in pts], [p[2] for p in pts]
+        x0, x1 = min(xs + [1.0]) * 0.9, max(xs + [1.0]) * 1.1
+        y0, y1 = min(ys) - 2, max(ys) + 2
+
+        def to_px(x, y):
+            return int(m + (x - x0) / (x1 - x0) * (W - 2 * m)), int(H - m - (y - y0) / (y1 - y0) * (H - 2 * m))
+
+        cv2.rectangle(img, (m, m), (W - m, H - m), (0, 0, 0), 1)
+        bx = to_px(1.0, y0)[0]
+        cv2.line(img, (bx, m), (bx, H - m), (160, 160, 160), 1)  # speed-up 1 = dense
+        for name, x, y in pts:
+            p = to_px(x, y)
+            cv2.circle(img, p, 5, (200, 60, 20), -1)
+            cv2.putText(img, name, (p[0] + 7, p[1] - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
+        for v in (x0, (x0 + x1) / 2, x1):
+            cv2.putText(img, f"{v:.2f}", (to_px(v, y0)[0] - 15, H - m + 18), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
+        for v in (y0, (y0 + y1) / 2, y1):
+            cv2.putText(img, f"{v:.1f}", (8, to_px(x0, v)[1] + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
+    cv2.putText(img, "DiT speed-up vs dense (x)", (W // 2 - 90, H - 15), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
+    cv2.putText(img, "PSNR vs dense, dB (y)", (m, m - 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
+    cv2.imwrite(path, img)
+
+
+def markdown(rows: List[Dict], metrics: Dict[str, Dict], header: List[str]) -> str:
+    lines = header + ["", "| method | density | DiT s | speed-up | " + " | ".join(
+        f"{k}{'*' if any(metrics[r['method']][k]['impl'] == 'proxy' for r in rows if r['method'] in metrics) else ''}"
+        for k in SUMMARY) + " |", "|---" * (4 + len(SUMMARY)) + "|"]
+    for r in rows:
+        vals = []
+        for k in SUMMARY:
+            if r["method"] == "dense":
+                ref = next((metrics[m][k].get("reference") for m in metrics), None)
+                vals.append("-" if k in ("psnr", "ssim") else (f"{ref:.4f}" if isinstance(ref, float) else "-"))
+            else:
+                v = metrics[r["method"]][k]["value"]
+                vals.append(f"{v:.2f}" if k == "psnr" and v is not None else (f"{v:.4f}" if isinstance(v, float) else "identical"))
+        d = "-" if r["density"] is None else f"{r['density']:.3f}"
+        lines.append(f"| {r['method']} | {d} | {r['dit_s']:.2f} | {r['speedup']:.2f} | " + " | ".join(vals) + " |")
+    lines += ["", "PSNR/SSIM: sparse vs the dense render of the same prompt and seed (PSNR: MSE pooled per video, "
+              "mean over prompts). No-reference scores: mean over prompts; the dense row is the dense videos' score. "
+              "`*` = proxy (VBench's formula on an offline stand-in, see docs/metrics.md)."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    from diffsparse.metrics import evaluate
+    from diffsparse.render import EMBEDDED_DEFAULTS, MODEL_DEFAULTS, pipeline_for, render
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=None, help="local Diffusers pipeline folder (default: embedded reference model)")
+    p.add_argument("--prompts", default=None, help="text file, one prompt per line (default: held-out captions)")
+    p.add_argument("--num-prompts", type=int, default=4)
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS))
+    p.add_argument("--frames", type=int)
+    p.add_argument("--height", type=int)
+    p.add_argument("--width", type=int)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--block-size", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--run", default="eval_run", help="output folder name under eval/results/")
+    p.add_argument("--out-root", default=os.path.join(ROOT, "eval", "results"))
+    p.add_argument("--weights-dir", default=None)
+    p.add_argument("--save-videos", action="store_true")
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    defaults = MODEL_DEFAULTS if args.model else EMBEDDED_DEFAULTS
+    size = {k: getattr(args, k) if getattr(args, k) is not None else defaults[k] for k in ("frames", "height", "width", "steps")}
+    block = args.block_size or defaults["block_size"]
+    opts = {} if block is None else {"block_size": block}
+    if args.prompts:
+        with open(args.prompts) as f:
+            prompts = [line.strip() for line in f if line.strip()]
+    else:
+        prompts = default_prompts(args.num_prompts)
+    methods = [m for m in args.methods.split(",") if m]
+    out_dir = os.path.join(args.out_root, args.run)
+    os.makedirs(out_dir, exist_ok=True)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    pipe = pipeline_for(args.model, device)
+
+    t0 = time.time()
+    videos: Dict[str, List[np.ndarray]] = {m: [] for m in ["dense"] + methods}
+    timing: Dict[str, List[float]] = {m: [] for m in ["dense"] + methods}
+    density: Dict[str, List[float]] = {m: [] for m in methods}
+    for i, prompt in enumerate(prompts):
+        for method in ["dense"] + methods:
+            res = render(pipe, None if method == "dense" else method, prompt=prompt, seed=args.seed + i, **size,
+                         **({} if method == "dense" else opts))
+            videos[method].append(res.frames)
+            timing[method].append(res.dit_seconds)
+            if method != "dense":
+                density[method].append(res.stats["density"])
+            print(f"[{i + 1}/{len(prompts)}] {method:<15} DiT {res.dit_seconds:6.2f} s  {prompt}", flush=True)
+            if args.save_videos:
+                from diffusers.utils import export_to_video
+
+                os.makedirs(os.path.join(out_dir, "videos", method), exist_ok=True)
+                export_to_video(list(res.frames), os.path.join(out_dir, "videos", method, f"p{i:02d}.mp4"), fps=8)
+
+    names = [f"p{i:02d}" for i in range(len(prompts))]
+    metrics, per_video = {}, {}
+    for method in methods:
+        r = evaluate(list(zip(videos[method], videos["dense"])), fps=8.0, weights_dir=args.weights_dir, names=names)
+        metrics[method], per_video[method] = r["metrics"], r["per_video"]
+    dense_t = float(np.mean(timing["dense"]))
+    rows = [{"method": "dense", "density": 1.0, "dit_s": dense_t, "speedup": 1.0, "psnr": None}]
+    for m in methods:
+        t = float(np.mean(timing[m]))
+        rows.append({"method": m, "density": float(np.mean(density[m])) if density[m] else None, "dit_s": t,
+                     "speedup": dense_t / t, "psnr": metrics[m]["psnr"]["value"]})
+
+    cmd = "python eval/run_eval.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    where = (torch.cuda.get_device_name() if device == "cuda"
+             else f"{platform.machine()} CPU, {torch.get_num_threads()} threads")
+    run = {"command": cmd.strip(), "device": where, "torch": torch.__version__, "model": args.model or "embedded reference",
+           "size": size, "block_size": block, "prompts": prompts, "seeds": [args.seed + i for i in range(len(prompts))],
+           "wall_seconds": round(time.time() - t0, 1)}
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump({"run": run, "rows": rows, "metrics": metrics, "per_video": per_video}, f, indent=1)
+    header = [f"# Evaluation run `{args.run}`", "", f"`{run['command']}`", "",
+              f"{where}, torch {torch.__version__}; model: {run['model']}; {size['frames']} frames "
+              f"{size['height']}x{size['width']}, {size['steps']} steps, block {block}; {len(prompts)} prompts "
+              f"(seeds {args.seed}..{args.seed + len(prompts) - 1}); DiT s = mean transformer time per video; "
+              f"wall time {run['wall_seconds']} s."]
+    with open(os.path.join(out_dir, "results.md"), "w") as f:
+        f.write(markdown(rows, metrics, header))
+    quality_vs_speed_png(rows, os.path.join(out_dir, "quality_vs_speed.png"))
+    print(open(os.path.join(out_dir, "results.md")).read())
+    print(f"wrote {out_dir}/results.json, results.md, quality_vs_speed.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
