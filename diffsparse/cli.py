@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import List, Optional
 
@@ -25,6 +26,13 @@ def _render(args: argparse.Namespace) -> int:
     method_opts = _method_options(args)
     sparse = R.render(pipe, args.method, **opts, **method_opts)
     export_to_video(list(sparse.frames), args.out, fps=args.fps)
+    if args.save_layouts:
+        if not sparse.layouts:
+            print(f"note: {args.method} has a static layout; see it with `diffsparse show-mask --method {args.method}`")
+        else:
+            torch.save({"method": args.method, "block_size": args.block_size, "layouts": sparse.layouts}, args.save_layouts)
+            print(f"wrote {args.save_layouts}: per-head layouts of {len(sparse.layouts)} layers "
+                  f"(diffsparse show-mask --layouts {args.save_layouts})")
     s = sparse.stats or {}
     density = s.get("density")
     print(f"wrote {args.out}: {sparse.frames.shape[0]} frames {sparse.frames.shape[2]}x{sparse.frames.shape[1]}")
@@ -100,9 +108,38 @@ def _parse_options(pairs: List[str]) -> dict:
     return out
 
 
+def _show_recorded(args: argparse.Namespace) -> int:
+    """Per-head layouts recorded by `render --save-layouts`: one tile per head of one layer."""
+    from .viz import heads_image, save_png
+
+    rec = torch_load(args.layouts)
+    layouts = rec["layouts"]
+    layer = args.layer if args.layer is not None else min(layouts)
+    if layer not in layouts:
+        raise SystemExit(f"error: layer {layer} not recorded; recorded layers: {sorted(layouts)}")
+    mask = layouts[layer]
+    title = (f"{rec['method']} layer {layer}: per-head layouts (video blocks, each head's token order), "
+             f"density {float(mask.float().mean()):.3f}")
+    save_png(heads_image(mask, title), args.out)
+    print(f"wrote {args.out}: {mask.shape[0]} heads x {mask.shape[1]}x{mask.shape[2]} blocks, "
+          f"densities {[round(float(m.float().mean()), 3) for m in mask]}")
+    return 0
+
+
+def torch_load(path: str):
+    import torch
+
+    if not os.path.isfile(path):
+        raise SystemExit(f"error: no layouts file at {path!r} (write one with `diffsparse render --save-layouts`)")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def _show_mask(args: argparse.Namespace) -> int:
     from . import api
     from .viz import mask_image, save_png
+
+    if args.layouts:
+        return _show_recorded(args)
 
     grid = api.token_grid(args.model_family, args.frames, args.height, args.width)
     opts = _parse_options(args.opt)
@@ -160,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--compare", choices=["dense"], default=None, help="also render dense and write a side-by-side video")
     r.add_argument("--prompts", default=None, help="text file, one prompt per line: batch mode, --out is a folder")
     r.add_argument("--num-processes", type=int, default=1, help="batch mode: processes (one GPU each, or CPU)")
+    r.add_argument("--save-layouts", default=None, help="dynamic methods: save the per-head layouts to this .pt file")
     r.set_defaults(func=_render)
 
     m = sub.add_parser("show-mask", help="draw a method's block layout as a PNG")
@@ -172,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--block-size", type=int, default=128)
     m.add_argument("--opt", action="append", help="method option key=value (repeatable)")
     m.add_argument("--out", default="mask.png")
+    m.add_argument("--layouts", default=None, help="per-head layouts recorded by `render --save-layouts` (dynamic methods)")
+    m.add_argument("--layer", type=int, default=None, help="with --layouts: which layer (default the first recorded)")
     m.set_defaults(func=_show_mask)
 
     from .eval_cli import add_parser as add_eval_parser

@@ -197,6 +197,7 @@ class DynamicEngine:
         self._base_plans: Dict[Tuple, Plan] = {}
         self.layer_info: Dict[int, Dict[str, Any]] = {}
         self.searches: Dict[int, int] = {}
+        self.layouts: Dict[int, torch.Tensor] = {}  # latest video block mask per layer (for pictures)
 
     def reset(self) -> None:
         """End of a pipeline call: per-call caches go, plans from files stay."""
@@ -241,6 +242,8 @@ class DynamicEngine:
                 shard=shard, _qkv=(q, k, v),
             )
             layout = self.method.dynamic_layout(ctx)
+            if layout.mask is not None:
+                self.layouts[layer] = layout.mask.detach().to("cpu", torch.bool)
             if layout.info is not None:
                 self.layer_info[layer] = layout.info
                 if layout.info.get("searched"):

@@ -290,6 +290,11 @@ class SparseHandle:
         self.state.reset()
         self.on_pipeline_reset()
 
+    def recorded_layouts(self) -> Dict[int, torch.Tensor]:
+        """Dynamic methods: the latest per-head video block mask `(H, nq, nk)` of every layer, in each
+        head's token order (for `diffsparse show-mask --layouts`); empty for static methods."""
+        return dict(self._engine.layouts) if self._engine is not None else {}
+
     def stats(self) -> Dict[str, Any]:
         """Achieved density (fraction of attention blocks computed in sparse calls) overall and per layer.
 

@@ -34,6 +34,7 @@ class RenderResult:
     total_seconds: float
     stats: Optional[Dict[str, Any]] = None
     notes: List[str] = field(default_factory=list)
+    layouts: Dict[int, torch.Tensor] = field(default_factory=dict)  # dynamic methods: per-layer (H, nq, nk)
 
 
 class DenoiserTimer:
@@ -136,9 +137,10 @@ def render(
     finally:
         timer.close()
         stats = handle.stats() if handle else None
+        layouts = handle.recorded_layouts() if handle else {}
         if handle:
             disable_sparse_attention(pipe)
-    return RenderResult(np.asarray(out.frames[0]), timer.seconds, total, stats)
+    return RenderResult(np.asarray(out.frames[0]), timer.seconds, total, stats, layouts=layouts)
 
 
 def side_by_side(dense: np.ndarray, sparse: np.ndarray, gain: float = 8.0) -> np.ndarray:

@@ -34,6 +34,31 @@ def mask_image(mask: torch.Tensor, title: str, max_side: int = 900, text_blocks:
     return np.concatenate([header, body], axis=0)
 
 
+def heads_image(masks: torch.Tensor, title: str, max_side: int = 1400) -> np.ndarray:
+    """Per-head bool masks `(H, nq, nk)` side by side (a gap between heads), each head's density
+    under its tile, one title on top."""
+    import cv2
+
+    H = masks.shape[0]
+    tile = max(64, max_side // H - 8)
+    tiles = []
+    for h in range(H):
+        nq, nk = masks.shape[1:]
+        width = max(1, min(tile // max(nq, nk), 32)) * nk  # mask_image's cell size x blocks
+        img = mask_image(masks[h], "", max_side=tile)[48:, :width]  # without the header and padding
+        img = np.concatenate([img, np.full((20, img.shape[1], 3), 255, np.uint8)], 0)
+        cv2.putText(img, f"h{h} {float(masks[h].float().mean()):.2f}", (2, img.shape[0] - 5),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+        tiles.append(np.concatenate([img, np.full((img.shape[0], 8, 3), 255, np.uint8)], 1))
+    body = np.concatenate(tiles, 1)
+    header = np.full((48, max(body.shape[1], 640), 3), 255, np.uint8)
+    for i, line in enumerate(_wrap(title, header.shape[1] // 9)):
+        cv2.putText(header, line, (6, 18 + 20 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    out = np.full((body.shape[0], header.shape[1], 3), 255, np.uint8)
+    out[:, : body.shape[1]] = body
+    return np.concatenate([header, out], 0)
+
+
 def _wrap(text: str, width: int):
     words, line, lines = text.split(), "", []
     for w in words:

@@ -80,3 +80,17 @@ def test_batch_render_two_processes_writes_each_prompt_once(tmp_path, capsys):
     manifest = json.loads((out / "manifest.json").read_text())
     assert [row["index"] for row in manifest] == [0, 1, 2]
     assert not list(out.glob(".rank*"))
+
+
+def test_dynamic_layouts_are_recorded_and_drawn_per_head(tmp_path, capsys):
+    layouts = tmp_path / "ada.pt"
+    assert main(["render", "--method", "adaspa", "--out", str(tmp_path / "a.mp4"), "--frames", "9", "--height", "64",
+                 "--width", "96", "--steps", "3", "--save-layouts", str(layouts)]) == 0
+    png = tmp_path / "heads.png"
+    assert main(["show-mask", "--layouts", str(layouts), "--out", str(png)]) == 0
+    text = capsys.readouterr().out
+    assert "heads x" in text and cv2.imread(str(png)) is not None
+    with pytest.raises(SystemExit, match="recorded layers"):
+        main(["show-mask", "--layouts", str(layouts), "--layer", "99", "--out", str(png)])
+    with pytest.raises(SystemExit, match="no layouts file"):
+        main(["show-mask", "--layouts", str(tmp_path / "none.pt"), "--out", str(png)])
