@@ -95,10 +95,34 @@ def test_value_dim_may_differ():
     assert out.shape[-1] == 24 and (out.double() - ro).abs().max() < 2e-5
 
 
-@pytest.mark.parametrize("backend", ["triton", "torch"])
+def _backend(name, monkeypatch):
+    """"torch-gather" forces the CPU path's gathered buckets even for short sequences."""
+    if name == "torch-gather":
+        monkeypatch.setattr("diffsparse.kernels.torch_sparse.MASKED_LIMIT", 0)
+        return "torch"
+    return name
+
+
+@pytest.mark.parametrize("backend", ["torch", "torch-gather"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_cpu_path_forward_and_lse_both_strategies(shape, dtype, backend, monkeypatch):
+    B, H, Sq, Sk, D, bq, bk = shape
+    q, k, v, mask = _case(B, H, Sq, Sk, D, bq, bk, dtype)
+    out, lse = block_sparse_attention(q, k, v, mask, block_size=(bq, bk), return_lse=True,
+                                      backend=_backend(backend, monkeypatch))
+    ro, rl = _reference(q, k, v, mask, (bq, bk))
+    assert (out.double() - ro).abs().max() < TOL[dtype]
+    assert torch.equal(torch.isinf(lse), torch.isinf(rl)) and (out[..., :bq, :] == 0).all()
+    fin = torch.isfinite(rl)
+    assert (lse[fin].double() - rl[fin].double()).abs().max() < TOL[dtype]
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch", "torch-gather"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[3], (1, 1, 150, 160, 16, 136, 48)])
-def test_gradients_match_autograd_through_reference(shape, dtype, backend):
+def test_gradients_match_autograd_through_reference(shape, dtype, backend, monkeypatch):
+    backend = _backend(backend, monkeypatch)
     B, H, Sq, Sk, D, bq, bk = shape
     q, k, v, mask = _case(B, H, Sq, Sk, D, bq, bk, dtype, seed=1)
     do = torch.randn(B, H, Sq, D, generator=torch.Generator().manual_seed(2)).to(DEV, dtype)

@@ -8,7 +8,9 @@ Rows that read every key skip the gather: their queries are concatenated per hea
 Work and memory scale with the kept blocks; nothing is masked token by token.
 
 The backward walks the same buckets with the fused kernel's backward and scatters the key/value
-gradients of the gathered blocks back with `index_add_`.
+gradients of the gathered blocks back with `index_add_`. Short sequences (at most `MASKED_LIMIT`
+score elements) instead run one fused call with an additive token mask: the same result, without
+the per-bucket call overhead that dominates there.
 """
 
 from __future__ import annotations
@@ -24,6 +26,23 @@ from .index import BlockIndex, num_blocks
 # Bound on the gathered K+V elements per fused call (~16 MB in fp32): keeps memory flat at
 # high density, where every query block would otherwise copy all keys.
 _GATHER_BUDGET = 1 << 22
+# Up to this many score elements (B*H*Sq*Sk) on CPU, one fused call with an additive token mask
+# is cheaper than many small gathered calls (per-call overhead dominates short sequences).
+MASKED_LIMIT = 1 << 22
+
+
+def _use_masked(q: torch.Tensor, Sk: int) -> bool:
+    B, H, Sq, _ = q.shape
+    return q.device.type == "cpu" and q.dtype in (torch.float32, torch.float16, torch.bfloat16) and B * H * Sq * Sk <= MASKED_LIMIT
+
+
+def _token_mask(q: torch.Tensor, index: BlockIndex, Sq: int, Sk: int):
+    """Additive mask `(Bm, Hm, Sq, Sk)` in q's dtype (0 kept, -inf dropped) and the empty rows `(Bm, Hm, Sq)`."""
+    bq, bk = index.block_q, index.block_k
+    keep = index.mask.repeat_interleave(bq, dim=-2)[..., :Sq, :].repeat_interleave(bk, dim=-1)[..., :Sk]
+    add = torch.zeros(keep.shape, dtype=q.dtype, device=q.device).masked_fill_(~keep, float("-inf"))
+    empty = (index.counts == 0).repeat_interleave(bq, dim=-1)[..., :Sq]
+    return add, empty
 
 
 def _fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -131,6 +150,12 @@ def torch_block_sparse_attention(
     bq = index.block_q
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     dev = q.device
+    if _use_masked(q, Sk):
+        add, empty = _token_mask(q, index, Sq, Sk)
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=add, scale=scale)
+        out = torch.where(empty.unsqueeze(-1), torch.zeros((), dtype=out.dtype), out)
+        lse = torch.where(empty, float("-inf"), lse.float())
+        return (out, lse) if return_lse else out
     R = _Rows(index, B, H, Sq, Sk, D, Dv, dev)
     q_rows = torch.nn.functional.pad(q, (0, 0, 0, R.nq * bq - Sq)).reshape(R.n_rows, 1, bq, D)
     k_flat, v_flat = k.reshape(B * H, Sk, D), v.reshape(B * H, Sk, Dv)
@@ -167,6 +192,12 @@ def torch_block_sparse_backward(q, k, v, out, lse, dout, index: BlockIndex, scal
     Sk, Dv = k.shape[2], v.shape[-1]
     bq = index.block_q
     dev = q.device
+    if _use_masked(q, Sk):
+        add, _ = _token_mask(q, index, Sq, Sk)
+        # Empty rows: out 0 and a finite lse make their probabilities exp(-inf - 0) = 0.
+        lse0 = torch.where(torch.isfinite(lse), lse.float(), 0.0)
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+            dout.to(q.dtype).contiguous(), q, k, v, out.to(q.dtype), lse0, 0.0, False, attn_mask=add, scale=scale)
     R = _Rows(index, B, H, Sq, Sk, D, Dv, dev)
 
     def rows_of(x):
