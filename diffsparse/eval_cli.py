@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = evaluate(pairs, fps=args.fps, weights_dir=args.weights_dir, names=names,
                           run={"candidate": args.candidate, "reference": args.reference})
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, RuntimeError) as e:  # unreadable video, bad shapes, foreign checkpoint
         raise SystemExit(f"error: {e}")
     print(format_table(result))
     out = args.json or "eval.json"
@@ -63,6 +63,7 @@ def add_parser(sub) -> None:
     e.add_argument("candidate", help="video file or folder")
     e.add_argument("--reference", default=None, help="video file or folder (matched by name), e.g. the dense render")
     e.add_argument("--json", default=None, help="where to write the JSON result (default eval.json)")
-    e.add_argument("--weights-dir", default=None, help="VBench weight cache (default $VBENCH_CACHE_DIR or ~/.cache/vbench)")
+    e.add_argument("--weights-dir", default=None,
+                   help="VBench weight cache (default $VBENCH_CACHE_DIR or ~/.cache/vbench)")
     e.add_argument("--fps", type=float, default=None, help="frame rate for dynamic degree (default: the file's)")
     e.set_defaults(func=run)

@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 from typing import Dict, List
@@ -25,7 +26,8 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_METHODS = ["radial", "sliding_window", "grat", "adaspa"]
-SUMMARY = ["psnr", "ssim", "subject_consistency", "temporal_flickering", "motion_smoothness", "dynamic_degree"]
+SUMMARY = ["psnr", "ssim", "lpips", "subject_consistency", "background_consistency", "temporal_flickering",
+           "motion_smoothness", "dynamic_degree"]
 
 
 def default_prompts(n: int) -> List[str]:
@@ -37,11 +39,43 @@ def default_prompts(n: int) -> List[str]:
     return [specs[i * step].caption for i in range(n)]
 
 
-def quality_vs_speed_png(rows: List[Dict], path: str) -> None:
-    """Scatter of PSNR vs dense (y) against speed-up (x), one labelled point per method (OpenCV)."""
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (Linux), else the platform's processor string."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "CPU"
+
+
+def quality_vs_speed_png(rows: List[Dict], path: str) -> str:
+    """PSNR vs dense (y) against DiT speed-up (x), one labelled point per method; returns the plotter used."""
+    pts = [(r["method"], r["speedup"], r["psnr"]) for r in rows if r["psnr"] is not None]
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        _png_opencv(pts, path)
+        return "opencv"
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100)
+    ax.axvline(1.0, color="0.7", lw=1)  # speed-up 1 = dense
+    for name, x, y in pts:
+        ax.scatter([x], [y], color="tab:blue")
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, 6))
+    ax.set_xlabel("DiT speed-up vs dense (x)")
+    ax.set_ylabel("PSNR vs dense (dB)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return "matplotlib"
+
+
+def _png_opencv(pts: List, path: str) -> None:
+    """The same scatter drawn with OpenCV (matplotlib is optional)."""
     import cv2
 
-    pts = [(r["method"], r["speedup"], r["psnr"]) for r in rows if r["psnr"] is not None]
     W, H, m = 640, 420, 60
     img = np.full((H, W, 3), 255, np.uint8)
     if pts:
@@ -79,13 +113,20 @@ def markdown(rows: List[Dict], metrics: Dict[str, Dict], header: List[str]) -> s
                 ref = next((metrics[m][k].get("reference") for m in metrics), None)
                 vals.append("-" if k in ("psnr", "ssim") else (f"{ref:.4f}" if isinstance(ref, float) else "-"))
             else:
-                v = metrics[r["method"]][k]["value"]
-                vals.append(f"{v:.2f}" if k == "psnr" and v is not None else (f"{v:.4f}" if isinstance(v, float) else "identical"))
+                e = metrics[r["method"]][k]
+                v = e["value"]
+                vals.append(f"{v:.2f}" if k == "psnr" and v is not None else (
+                    f"{v:.4f}" if isinstance(v, float) else ("identical" if e.get("identical") else "-")))
         d = "-" if r["density"] is None else f"{r['density']:.3f}"
         lines.append(f"| {r['method']} | {d} | {r['dit_s']:.2f} | {r['speedup']:.2f} | " + " | ".join(vals) + " |")
-    lines += ["", "PSNR/SSIM: sparse vs the dense render of the same prompt and seed (PSNR: MSE pooled per video, "
-              "mean over prompts). No-reference scores: mean over prompts; the dense row is the dense videos' score. "
-              "`*` = proxy (VBench's formula on an offline stand-in, see docs/metrics.md)."]
+    lines += ["", "PSNR/SSIM/LPIPS: sparse vs the dense render of the same prompt and seed (PSNR: MSE pooled per "
+              "video, mean over prompts). No-reference scores: mean over prompts; the dense row is the dense videos' "
+              "score. `*` = proxy (VBench's formula on an offline stand-in, see docs/metrics.md), `-` = skipped.", "",
+              "How each metric was computed here:", ""]
+    first = next(iter(metrics.values()), {})
+    for k in SUMMARY:
+        if k in first:
+            lines.append(f"- `{k}`: {first[k]['impl']}" + (f" ({first[k]['reason']})" if first[k]["reason"] else ""))
     return "\n".join(lines) + "\n"
 
 
@@ -109,6 +150,7 @@ def main(argv=None) -> int:
     p.add_argument("--weights-dir", default=None)
     p.add_argument("--save-videos", action="store_true")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--note", default=None, help="context to record with the run (e.g. machine load)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -158,24 +200,27 @@ def main(argv=None) -> int:
         rows.append({"method": m, "density": float(np.mean(density[m])) if density[m] else None, "dit_s": t,
                      "speedup": dense_t / t, "psnr": metrics[m]["psnr"]["value"]})
 
-    cmd = "python eval/run_eval.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    env = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if os.environ.get("OMP_NUM_THREADS") else ""
+    cmd = env + "python eval/run_eval.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     where = (torch.cuda.get_device_name() if device == "cuda"
-             else f"{platform.machine()} CPU, {torch.get_num_threads()} threads")
-    run = {"command": cmd.strip(), "device": where, "torch": torch.__version__, "model": args.model or "embedded reference",
+             else f"{cpu_name()} ({platform.machine()}), {torch.get_num_threads()} torch threads")
+    run = {"command": cmd.strip(), "device": where, "torch_threads": torch.get_num_threads(),
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "torch": torch.__version__,
+           "model": args.model or "embedded reference",
            "size": size, "block_size": block, "prompts": prompts, "seeds": [args.seed + i for i in range(len(prompts))],
-           "wall_seconds": round(time.time() - t0, 1)}
+           "wall_seconds": round(time.time() - t0, 1), "note": args.note}
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump({"run": run, "rows": rows, "metrics": metrics, "per_video": per_video}, f, indent=1)
     header = [f"# Evaluation run `{args.run}`", "", f"`{run['command']}`", "",
               f"{where}, torch {torch.__version__}; model: {run['model']}; {size['frames']} frames "
               f"{size['height']}x{size['width']}, {size['steps']} steps, block {block}; {len(prompts)} prompts "
               f"(seeds {args.seed}..{args.seed + len(prompts) - 1}); DiT s = mean transformer time per video; "
-              f"wall time {run['wall_seconds']} s."]
+              f"wall time {run['wall_seconds']} s."] + (["", f"Note: {args.note}"] if args.note else [])
     with open(os.path.join(out_dir, "results.md"), "w") as f:
         f.write(markdown(rows, metrics, header))
-    quality_vs_speed_png(rows, os.path.join(out_dir, "quality_vs_speed.png"))
+    plotter = quality_vs_speed_png(rows, os.path.join(out_dir, "quality_vs_speed.png"))
     print(open(os.path.join(out_dir, "results.md")).read())
-    print(f"wrote {out_dir}/results.json, results.md, quality_vs_speed.png")
+    print(f"wrote {out_dir}/results.json, results.md, quality_vs_speed.png ({plotter})")
     return 0
 
 

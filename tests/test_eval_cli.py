@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from diffsparse.cli import main
+from diffsparse.metrics import load_video, psnr, ssim
 
 
 def write(path, frames):
@@ -31,14 +32,20 @@ def test_eval_folders_matched_by_name_writes_json_and_table(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "diffsparse", "eval", str(tmp_path / "sparse"), "--reference",
                            str(tmp_path / "dense"), "--json", str(out), "--weights-dir", str(tmp_path / "none")],
                           capture_output=True, text=True, check=True)
-    assert "metric" in proc.stdout and "psnr" in proc.stdout and "proxy*" in proc.stdout
+    header = proc.stdout.splitlines()[0].split()
+    assert header == ["metric", "candidate", "reference", "delta", "better-is", "impl"]
+    assert "psnr" in proc.stdout and "proxy*" in proc.stdout
     r = json.loads(out.read_text())
     assert [v["id"] for v in r["per_video"]] == ["a.mp4", "b.mp4"]
     m = r["metrics"]
-    assert m["psnr"]["impl"] == "exact" and 5 < m["psnr"]["value"] < 60
-    assert 0 < m["ssim"]["value"] < 1
+    # The JSON agrees with the library on the decoded files (one-pixel shift: far from identical).
+    pairs = [(load_video(str(tmp_path / "sparse" / n))[0], load_video(str(tmp_path / "dense" / n))[0])
+             for n in ("a.mp4", "b.mp4")]
+    assert m["psnr"]["impl"] == "exact" and m["psnr"]["value"] == pytest.approx(np.mean([psnr(c, d) for c, d in pairs]))
+    assert m["ssim"]["value"] == pytest.approx(np.mean([ssim(c, d) for c, d in pairs])) and m["ssim"]["value"] < 0.95
+    assert r["per_video"][0]["fps"] == pytest.approx(8.0)
     assert m["temporal_flickering"]["reference"] is not None
-    assert m["lpips"]["impl"] == "skipped"
+    assert m["lpips"]["impl"] == "skipped" and str(tmp_path / "none" / "lpips") in m["lpips"]["reason"]
 
 
 def test_eval_single_file_without_reference(tmp_path, capsys):
@@ -46,6 +53,17 @@ def test_eval_single_file_without_reference(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "x.mp4"), "--json", str(tmp_path / "x.json")]) == 0
     r = json.loads((tmp_path / "x.json").read_text())
     assert r["metrics"]["psnr"]["impl"] == "skipped" and r["metrics"]["temporal_flickering"]["value"] < 1.0
+
+
+def test_gif_is_read_with_its_frame_rate(tmp_path):
+    frames = clip()
+    iio.imwrite(tmp_path / "g.gif", frames, duration=100, loop=0)  # 100 ms per frame = 10 fps (GIF stores 1/100 s)
+    assert main(["eval", str(tmp_path / "g.gif"), "--reference", str(tmp_path / "g.gif"),
+                 "--json", str(tmp_path / "g.json")]) == 0
+    r = json.loads((tmp_path / "g.json").read_text())
+    assert r["per_video"][0]["fps"] == pytest.approx(10.0) and r["per_video"][0]["frames"] == len(frames)
+    assert r["metrics"]["psnr"]["value"] is None and r["metrics"]["psnr"]["identical"] is True
+    assert r["metrics"]["ssim"]["value"] == pytest.approx(1.0)
 
 
 def test_eval_errors_name_the_problem(tmp_path):
@@ -56,6 +74,10 @@ def test_eval_errors_name_the_problem(tmp_path):
         main(["eval", str(tmp_path / "c"), "--reference", str(tmp_path / "r")])
     with pytest.raises(SystemExit, match="does not exist"):
         main(["eval", str(tmp_path / "missing.mp4")])
+    with pytest.raises(SystemExit, match="is a file but reference"):
+        main(["eval", str(tmp_path / "c" / "only_here.mp4"), "--reference", str(tmp_path / "r")])
+    with pytest.raises(SystemExit, match="no videos"):
+        main(["eval", str(tmp_path / "r")])
     (tmp_path / "bad.mp4").write_bytes(b"not a video")
     with pytest.raises(SystemExit, match="cannot read video"):
         main(["eval", str(tmp_path / "bad.mp4")])

@@ -8,7 +8,7 @@
   and rebuilt from their even neighbours; score (255 - mean|F_odd - F_hat|) / 255.
 - subject_consistency / background_consistency (proxies: low-level features instead of DINO /
   CLIP): VBench's formula s_i = (max(0, sim(f_i-1, f_i)) + max(0, sim(f_0, f_i))) / 2 averaged
-  over i >= 1, with sim = luma SSIM (subject) and HSV-histogram correlation (background).
+  over i >= 1, with sim = luma SSIM (subject) and coarse-scale luma SSIM (background).
 """
 
 from __future__ import annotations
@@ -36,7 +36,12 @@ def dis_flow(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def dynamic_degree(frames: np.ndarray, fps: float) -> Dict[str, float]:
-    """VBench's dynamic-degree rule with DIS flow: {"dynamic": 0/1, "flow_score", "pairs_over", "needed"}."""
+    """VBench's dynamic-degree rule with DIS flow on uint8 frames `(T, H, W, 3)` at `fps`.
+
+    Returns {"dynamic": 0/1, "flow_score": mean top-5 % magnitude, "pairs_over", "needed", "threshold",
+    "interval"}. Unlike VBench we floor `interval` and `needed` at 1: its round() gives 0 below
+    4 fps (a crash) and for fewer than 3 sampled frames (every such video counted dynamic).
+    """
     interval = max(1, int(round(fps / 8.0)))
     sampled = frames[::interval]
     h, w = frames.shape[1:3]
@@ -49,7 +54,7 @@ def dynamic_degree(frames: np.ndarray, fps: float) -> Dict[str, float]:
         tops.append(float(np.mean(np.partition(mag, -k)[-k:])))
     over = int(sum(t > thres for t in tops))
     return {"dynamic": float(over >= needed), "flow_score": float(np.mean(tops)) if tops else 0.0,
-            "pairs_over": float(over), "needed": float(needed)}
+            "pairs_over": float(over), "needed": float(needed), "threshold": thres, "interval": float(interval)}
 
 
 def _warp(frame: np.ndarray, flow: np.ndarray) -> np.ndarray:
@@ -84,13 +89,17 @@ def subject_consistency_proxy(frames: np.ndarray) -> float:
     return _first_and_previous(len(y), lambda a, b: ssim_frame(y[a], y[b]))
 
 
-def background_consistency_proxy(frames: np.ndarray) -> float:
-    """VBench's first/previous-frame formula with HSV colour-histogram correlation as the similarity."""
+def background_consistency_proxy(frames: np.ndarray, short_side: int = 32) -> float:
+    """VBench's first/previous-frame formula with coarse-scale luma SSIM as the similarity.
+
+    Frames are area-downscaled so the short side is `short_side` px: what survives is the large-scale
+    layout, which the background dominates, while small moving subjects are averaged away.
+    """
     import cv2
 
-    hists = []
-    for f in frames:
-        hsv = cv2.cvtColor(f, cv2.COLOR_RGB2HSV)
-        h = cv2.calcHist([hsv], [0, 1, 2], None, [16, 8, 8], [0, 180, 0, 256, 0, 256])
-        hists.append(cv2.normalize(h, h).astype(np.float32))
-    return _first_and_previous(len(hists), lambda a, b: float(cv2.compareHist(hists[a], hists[b], cv2.HISTCMP_CORREL)))
+    y = luma(frames)
+    h, w = y.shape[1:]
+    s = min(1.0, short_side / min(h, w))
+    size = (max(11, round(w * s)), max(11, round(h * s)))
+    small = [cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in y]
+    return _first_and_previous(len(small), lambda a, b: ssim_frame(small[a], small[b]))

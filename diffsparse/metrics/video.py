@@ -11,7 +11,7 @@ VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".avi", ".mkv", ".gif")
 
 
 def to_uint8(video) -> np.ndarray:
-    """Frames as uint8 `(T, H, W, 3)`: accepts uint8, float in [0, 1], torch tensors, gray `(T, H, W)`."""
+    """Frames as uint8 `(T, H, W, 3)`: accepts uint8/integer (0..255), float in [0, 1], torch tensors, gray `(T, H, W)`."""
     if hasattr(video, "detach"):
         video = video.detach().cpu().numpy()
     v = np.asarray(video)
@@ -22,7 +22,9 @@ def to_uint8(video) -> np.ndarray:
     if v.shape[-1] == 1:
         v = np.repeat(v, 3, axis=-1)
     v = v[..., :3]
-    if v.dtype != np.uint8:
+    if np.issubdtype(v.dtype, np.integer):
+        v = np.clip(v, 0, 255).astype(np.uint8)  # integer frames are already on the 8-bit scale
+    elif v.dtype != np.uint8:
         v = np.clip(np.rint(v.astype(np.float64) * 255.0), 0, 255).astype(np.uint8)
     return np.ascontiguousarray(v)
 
