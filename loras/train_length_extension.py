@@ -36,7 +36,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="local Diffusers Wan pipeline folder")
     src.add_argument("--tiny", action="store_true", help="tiny random-weight Wan (tests and smoke runs)")
-    p.add_argument("--data", required=True, help="folder of videos with captions (captions.json or <name>.txt)")
+    src.add_argument("--reference", action="store_true", help="diffsparse's shipped reference video model")
+    data = p.add_mutually_exclusive_group(required=True)
+    data.add_argument("--data", help="folder of videos with captions (captions.json or <name>.txt)")
+    data.add_argument("--procedural", type=int, metavar="N",
+                      help="N clips from the reference model's procedural generator (training captions only)")
+    p.add_argument("--caption-dropout", type=float, default=0.0,
+                   help="fraction of steps trained on the empty caption (keeps classifier-free guidance's unconditional branch)")
     p.add_argument("--frames", type=int, required=True, help="training length in frames (4k+1)")
     p.add_argument("--height", type=int, default=480)
     p.add_argument("--width", type=int, default=832)
@@ -67,6 +73,10 @@ def load_pipeline(args):
         from diffsparse.tiny import tiny_wan_pipeline
 
         return tiny_wan_pipeline()
+    if args.reference:
+        from diffsparse.reference import load_video_pipeline
+
+        return load_video_pipeline()
     from diffsparse.render import load_pipeline as load_local
 
     return load_local(args.model, "cpu")
@@ -86,24 +96,44 @@ def encode_video(pipe, video) -> torch.Tensor:
 @torch.no_grad()
 def encode_text(pipe, caption: str) -> torch.Tensor:
     if getattr(pipe, "text_encoder", None) is not None:
-        embeds, _ = pipe.encode_prompt(caption, do_classifier_free_guidance=False, device=pipe.text_encoder.device)
+        # 512 tokens as WanPipeline.__call__ pads them (encode_prompt alone defaults to 226, and the
+        # zero padding tokens take part in cross-attention, so the count must match inference).
+        embeds, _ = pipe.encode_prompt(caption, do_classifier_free_guidance=False, device=pipe.text_encoder.device,
+                                       max_sequence_length=512)
         return embeds[0].float().cpu()
     from diffsparse.render import prompt_inputs  # pipelines without a text encoder: caption-seeded embeddings
 
     return prompt_inputs(pipe, caption, 0)["prompt_embeds"][0].float().cpu()
 
 
+def _sources(args):
+    """(name, cache key, caption, loader of the clip in [-1, 1]) for every training clip."""
+    size = f"{args.frames}x{args.height}x{args.width}"
+    if args.procedural:
+        from diffsparse.reference import data as D
+
+        for i in range(args.procedural):  # D.sample draws from the training captions only
+            def load(i=i):
+                video, _, _ = D.sample(i, seed=args.seed + 1, num_frames=args.frames, height=args.height, width=args.width)
+                return video.astype("float32") / 127.5 - 1.0
+
+            caption = D.sample(i, seed=args.seed + 1, num_frames=1, height=8, width=8)[1]
+            yield f"proc{i:05d}", f"procedural|{args.seed + 1}|{i}|{caption}|{size}", caption, load
+        return
+    for clip in list_clips(args.data):
+        stat = os.stat(clip.path)
+        yield (os.path.splitext(os.path.basename(clip.path))[0], f"{clip.path}|{stat.st_size}|{stat.st_mtime}|{clip.caption}|{size}",
+               clip.caption, lambda clip=clip: load_clip(clip, args.frames, args.height, args.width))
+
+
 def build_cache(pipe, args, cache_dir: str):
     """Encode every clip once; returns the list of cached file paths."""
     os.makedirs(cache_dir, exist_ok=True)
     paths = []
-    for clip in list_clips(args.data):
-        stat = os.stat(clip.path)
-        key = hashlib.sha1(f"{clip.path}|{stat.st_size}|{stat.st_mtime}|{clip.caption}|{args.frames}x{args.height}x{args.width}".encode()).hexdigest()[:16]
-        path = os.path.join(cache_dir, f"{os.path.splitext(os.path.basename(clip.path))[0]}-{key}.pt")
+    for name, key, caption, load in _sources(args):
+        path = os.path.join(cache_dir, f"{name}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt")
         if not os.path.exists(path):
-            video = load_clip(clip, args.frames, args.height, args.width)
-            torch.save({"latents": encode_video(pipe, video), "embeds": encode_text(pipe, clip.caption)}, path)
+            torch.save({"latents": encode_video(pipe, load()), "embeds": encode_text(pipe, caption)}, path)
         paths.append(path)
     return paths
 
@@ -131,6 +161,7 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
     pipe = load_pipeline(args)
     cache = build_cache(pipe, args, args.cache_dir or os.path.join(args.output_dir, "cache"))
+    empty = encode_text(pipe, "").to(acc.device) if args.caption_dropout > 0 else None
 
     transformer = pipe.transformer
     transformer.requires_grad_(False)
@@ -152,6 +183,10 @@ def main(argv=None) -> int:
     gen = torch.Generator().manual_seed(args.seed + start)
     log_path = os.path.join(args.output_dir, "loss.jsonl")
     os.makedirs(args.output_dir, exist_ok=True)
+    if acc.is_main_process:
+        with open(os.path.join(args.output_dir, "args.json"), "w") as f:
+            json.dump({"command": "python loras/train_length_extension.py " + " ".join(argv or sys.argv[1:]),
+                       **vars(args)}, f, indent=1)
     n_params = sum(p.numel() for p in params)
     acc.print(f"{len(cache)} clips, {n_params} LoRA parameters, method {args.method}, {args.frames} frames")
     bar = tqdm(range(start, args.steps), disable=not acc.is_local_main_process, desc="train")
@@ -160,6 +195,9 @@ def main(argv=None) -> int:
         items = [torch.load(cache[int(i)]) for i in torch.randint(len(cache), (args.batch_size,), generator=gen)]
         x0 = torch.stack([it["latents"] for it in items]).to(acc.device)
         embeds = torch.stack([it["embeds"] for it in items]).to(acc.device)
+        if args.caption_dropout > 0:
+            drop = torch.rand(len(items), generator=gen) < args.caption_dropout
+            embeds[drop.to(acc.device)] = empty.to(embeds.dtype)
         sigma = sample_sigmas(x0.shape[0], args.shift, gen).to(acc.device)
         noise = torch.randn(x0.shape, generator=gen).to(acc.device)
         s = sigma.view(-1, 1, 1, 1, 1)

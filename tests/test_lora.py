@@ -72,3 +72,48 @@ def test_data_errors_name_the_files(tmp_path):
         load_clip(list_clips(str(tmp_path / "bad"))[0], 5, 32, 32)
     with pytest.raises(ValueError, match="does not exist"):
         list_clips(str(tmp_path / "nowhere"))
+
+
+@pytest.mark.slow
+def test_procedural_clips_with_caption_dropout_on_the_reference_model(tmp_path):
+    out = tmp_path / "lora"
+    cmd = [sys.executable, SCRIPT, "--reference", "--procedural", "3", "--frames", "9", "--height", "32", "--width", "32",
+           "--method", "radial", "--block-size", "4", "--rank", "2", "--steps", "2", "--caption-dropout", "0.5",
+           "--output-dir", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert len(list((out / "cache").glob("proc*.pt"))) == 3
+    assert json.loads((out / "args.json").read_text())["procedural"] == 3
+    from diffsparse.reference import data as D
+
+    held = {s.caption for s in D.held_out_specs()}
+    for path in (out / "cache").glob("proc*.pt"):
+        assert torch.load(path)["embeds"].shape[0] == 512  # padded as WanPipeline pads at inference
+    captions = [D.sample(i, seed=1, num_frames=1, height=8, width=8)[1] for i in range(3)]
+    assert not held.intersection(captions)  # training never sees a held-out caption
+
+
+def test_training_source_options_are_exclusive_and_required():
+    import train_length_extension as T
+
+    a = T.parse_args(["--reference", "--procedural", "8", "--frames", "33", "--output-dir", "out"])
+    assert a.reference and a.procedural == 8 and a.data is None
+    for bad in (["--reference", "--frames", "33"],  # no data source
+                ["--reference", "--procedural", "8", "--data", "clips", "--frames", "33"],  # two data sources
+                ["--reference", "--tiny", "--procedural", "8", "--frames", "33"]):  # two models
+        with pytest.raises(SystemExit):
+            T.parse_args(bad + ["--output-dir", "out"])
+
+
+def test_acceptance_metrics():
+    sys.path.insert(0, os.path.join(ROOT, "eval"))
+    import lora_acceptance as A
+
+    still = np.full((5, 8, 8, 3), 100, np.uint8)
+    assert A.temporal_flickering(still) == 1.0 and A.psnr(still, still) is None
+    steps = still.copy()
+    steps[1::2] = 151  # every adjacent pair differs by 51 everywhere
+    assert A.temporal_flickering(steps) == pytest.approx((255 - 51) / 255)
+    assert A.psnr(steps, still) == pytest.approx(10 * np.log10(255**2 / (51**2 * 2 / 5)))
+    p = A._paired([1, 0, 1, 1], [0, 0, 1, 0])
+    assert (p["higher"], p["lower"], p["equal"]) == (2, 0, 2) and p["mean_diff"] == 0.5
