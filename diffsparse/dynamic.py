@@ -25,9 +25,9 @@ from typing import Any, Dict, Hashable, List, Optional, Tuple
 import torch
 
 from .geometry import Grid, TokenSpans
+from .kernels import block_sparse_attention
 from .kernels.index import num_blocks
 from .plan import Plan, build_plan
-from .quant import sparse_attention
 
 
 @dataclass
@@ -133,7 +133,7 @@ class DynamicContext:
     def full_attention(self, return_lse: bool = True):
         """Full attention over the internal order (every block): out `(B,H,S,D)` [, lse `(B,H,S)`]."""
         q, k, v = self.qkv()
-        return sparse_attention(q, k, v, self.base.index, backend=self.backend, return_lse=return_lse)
+        return block_sparse_attention(q, k, v, self.base.index, backend=self.backend, return_lse=return_lse)
 
 
 class DynamicMethod:
@@ -278,4 +278,4 @@ class DynamicEngine:
 def _full_attention(base: Plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str) -> torch.Tensor:
     """Full attention in internal order (the recompute of a call whose output the method computed)."""
     qi, ki, vi = base.gather(q, k, v)
-    return sparse_attention(qi, ki, vi, base.index, backend=backend)
+    return block_sparse_attention(qi, ki, vi, base.index, backend=backend)

@@ -38,7 +38,6 @@ import torch.nn.functional as F
 from .kernels import BlockIndex, block_sparse_attention, build_block_index
 from .kernels.merge import merge_attention
 from .plan import Plan
-from .quant import sparse_attention
 
 def head_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Cosine similarity per head of two `(B, H, S, D)` tensors: `(H,)`."""
@@ -112,7 +111,7 @@ class FlashBlockCache:
     ) -> torch.Tensor:
         """Sparse attention of `plan` with residual reuse. q/k/v `(B, S, H, D)` model order -> same."""
         qi, ki, vi = plan.gather(q, k, v)
-        out, lse = sparse_attention(qi, ki, vi, plan.index, backend=backend, quantize=quantize, return_lse=True)
+        out, lse = block_sparse_attention(qi, ki, vi, plan.index, backend=backend, quantize=quantize, return_lse=True)
         comp = self._complement(plan.index)
         if comp is None:
             return plan.scatter(out)
@@ -134,7 +133,7 @@ class FlashBlockCache:
             mask = comp.expand(1, heads, *comp.shape[2:]) & refresh.view(1, heads, 1, 1).to(comp.device)
             counters.residual_blocks += int(mask.sum()) * q.shape[0]
             with torch.no_grad():  # the residual is a cached constant: no gradient flows into it
-                r_out, r_lse = sparse_attention(
+                r_out, r_lse = block_sparse_attention(
                     qi, ki, vi, build_block_index(mask, (plan.index.block_q, plan.index.block_k)),
                     backend=backend, quantize=quantize, return_lse=True,
                 )

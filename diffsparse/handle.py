@@ -22,7 +22,6 @@ from .hooks import StepState
 from .kernels import block_sparse_attention
 from .methods.base import SparseMethod
 from .plan import Plan, build_plan
-from .quant import sparse_attention
 
 logger = logging.getLogger("diffsparse")
 
@@ -353,8 +352,4 @@ def run_plan(
 ) -> torch.Tensor:
     """Execute a plan on q/k/v `(B, S, H, D)` in model order; returns `(B, S, H, D)` in model order."""
     qh, kh, vh = plan.gather(q, k, v)
-    if quantize is None:
-        out = block_sparse_attention(qh, kh, vh, plan.index, backend=backend)
-    else:
-        out = sparse_attention(qh, kh, vh, plan.index, backend=backend, quantize=quantize)
-    return plan.scatter(out)
+    return plan.scatter(block_sparse_attention(qh, kh, vh, plan.index, backend=backend, quantize=quantize))

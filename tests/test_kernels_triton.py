@@ -282,3 +282,12 @@ def test_methods_run_on_the_triton_kernels_in_pipelines(family, method, opts):
         assert handle.stats()["sparse_calls"] > 0
         diffsparse.disable_sparse_attention(pipe)
     assert (outs["triton"] - outs["torch"]).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("backend", ["flex", "reference"])
+def test_int8_emulated_on_backends_without_an_int8_path(backend):
+    q, k, v, mask = _case(1, 2, 64, 64, 64, 16, 16, torch.float32, density=0.6)
+    want, lw = block_sparse_attention(q, k, v, mask, block_size=16, return_lse=True, backend="torch", quantize="int8")
+    got, lg = block_sparse_attention(q, k, v, mask, block_size=16, return_lse=True, backend=backend, quantize="int8")
+    fin = torch.isfinite(lw)
+    assert (got - want).abs().max() < 1e-4 and (lg[fin] - lw[fin]).abs().max() < 1e-4

@@ -11,7 +11,7 @@ from diffsparse.geometry import Grid, TokenSpans, raster_coords
 from diffsparse.handle import run_plan
 from diffsparse.kernels import expand_block_mask
 from diffsparse.plan import build_plan
-from diffsparse.quant import sparse_attention
+from diffsparse.kernels import block_sparse_attention as sparse_attention
 from diffsparse.tiny import example_inputs
 from pipeline_helpers import BUILDERS, CALLS, render
 

@@ -72,7 +72,7 @@ def block_sparse_attention(
             scaled logits. A query row with no kept block gets out = 0 and lse = -inf.
         backend: "auto" | "triton" | "flex" | "torch" | "reference".
         quantize: None or "int8": INT8 QK^T (SageAttention-style smoothing), inference only;
-            on the "triton" backend a real int8 kernel, on "torch" the same numbers emulated.
+            on the "triton" backend a real int8 kernel, on the others the same numbers emulated.
 
     Differentiable on the "triton" and "torch" backends (custom ops with explicit backward
     kernels); `torch.compile(fullgraph=True)` traces through a call with a prebuilt `BlockIndex`.
@@ -81,8 +81,6 @@ def block_sparse_attention(
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
     if quantize not in QUANTIZE:
         raise ValueError(f"unknown quantize {quantize!r}; choose one of {QUANTIZE}")
-    if quantize is not None and backend in ("flex", "reference"):
-        raise ValueError(f"quantize={quantize!r} runs on backend 'auto', 'triton' or 'torch', not {backend!r}")
     if isinstance(block_mask, BlockIndex):
         index = block_mask
     else:
@@ -101,16 +99,23 @@ def block_sparse_attention(
             backend = "triton"
         else:
             backend = "torch"
+    if quantize is not None and backend in ("flex", "reference"):  # no int8 path: emulate its numbers
+        from .int8 import int8_block_sparse_attention
+
+        def run(qd, kd, vv):
+            return block_sparse_attention(qd, kd, vv, index, scale=scale, return_lse=True, backend=backend)
+
+        res = int8_block_sparse_attention(q, k, v, index, scale=q.shape[-1] ** -0.5 if scale is None else scale,
+                                          impl=backend, run=run)
+        return res if return_lse else res[0]
     if backend == "triton":
         fn = _triton_fn()
         if fn is None:
             raise RuntimeError("backend='triton' requested but diffsparse.kernels.triton_attention is unavailable")
-        if not auto_cuda:
-            return fn(q, k, v, index, scale=scale, return_lse=return_lse, quantize=quantize)
         try:
             return fn(q, k, v, index, scale=scale, return_lse=return_lse, quantize=quantize)
         except Exception as e:  # a kernel that does not compile for this GPU/shape: say so, stay correct
-            if type(e).__module__.split(".")[0] != "triton" or quantize is not None:
+            if not auto_cuda or type(e).__module__.split(".")[0] != "triton" or quantize is not None:
                 raise
             warnings.warn(f"diffsparse: Triton kernel failed on {torch.cuda.get_device_name(q.device)} "
                           f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); using FlexAttention for this call")

@@ -48,8 +48,12 @@ def smooth_and_quantize(q: torch.Tensor, k: torch.Tensor, block_q: int, block_k:
     return qq, qs, kq, ks, k_mean
 
 
-def int8_block_sparse_attention(q, k, v, index: BlockIndex, *, scale: float, impl: str = "torch"):
-    """out `(B,H,Sq,Dv)` in v's dtype and lse `(B,H,Sq)` with INT8 QK^T over the kept blocks."""
+def int8_block_sparse_attention(q, k, v, index: BlockIndex, *, scale: float, impl: str = "torch", run=None):
+    """out `(B,H,Sq,Dv)` in v's dtype and lse `(B,H,Sq)` with INT8 QK^T over the kept blocks.
+
+    `impl="triton"` runs the int8 kernel; otherwise the quantize-dequantized q/k go through
+    `run(q, k, v) -> (out, lse)` (default: the PyTorch CPU path), which gives the same logits.
+    """
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
         raise ValueError("quantize='int8' is inference-only (no gradient through int8 logits); "
                          "call it under torch.no_grad() or drop quantize for training")
@@ -60,11 +64,15 @@ def int8_block_sparse_attention(q, k, v, index: BlockIndex, *, scale: float, imp
         out, lse = triton_forward(qq, kq, v, index.counts, index.indices, index.block_q, index.block_k, scale,
                                   quant=(qs, ks))
     else:
-        from .torch_sparse import torch_block_sparse_attention
+        if run is None:
+            from .torch_sparse import torch_block_sparse_attention
+
+            def run(qd, kd, vv):
+                return torch_block_sparse_attention(qd, kd, vv, index, scale, True)
 
         qd = dequantize_blocks(qq, qs, index.block_q)
         kd = dequantize_blocks(kq, ks, index.block_k)
-        out, lse = torch_block_sparse_attention(qd, kd, v.float(), index, scale, True)
+        out, lse = run(qd, kd, v.float())
         out = out.to(v.dtype)
     # Undo the smoothing shift: logits of the original K are q.k_mean*scale larger per row.
     shift = torch.matmul(q.float(), k_mean.transpose(-1, -2)).squeeze(-1) * scale
