@@ -21,13 +21,15 @@ import torch
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
 VIDEO_WEIGHTS = os.path.join(WEIGHTS_DIR, "video")
+IMAGE_WEIGHTS = os.path.join(WEIGHTS_DIR, "image")
 
 # what the model was trained at; RoPE lets it render other sizes and lengths (quality degrades away from these)
 VIDEO_DEFAULTS = {"num_frames": 17, "height": 64, "width": 64, "num_inference_steps": 20, "guidance_scale": 4.0}
+IMAGE_DEFAULTS = {"height": 128, "width": 128, "num_inference_steps": 20, "true_cfg_scale": 4.0, "negative_prompt": ""}
 
 
 def available(kind: str = "video") -> bool:
-    path = VIDEO_WEIGHTS if kind == "video" else None
+    path = {"video": VIDEO_WEIGHTS, "image": IMAGE_WEIGHTS}.get(kind)
     return path is not None and os.path.isfile(os.path.join(path, "transformer", "config.json"))
 
 
@@ -56,13 +58,42 @@ def load_video_pipeline(path: str = VIDEO_WEIGHTS, device: str = "cpu", dtype: O
     return pipe
 
 
+def load_image_pipeline(path: str = IMAGE_WEIGHTS, device: str = "cpu", dtype: Optional[torch.dtype] = None):
+    """A `FluxPipeline` from a weights folder written by `train_image.py` (`ImageTrainer.export`)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel, PreTrainedTokenizerFast, T5EncoderModel
+
+    from .image_vae import SpaceToDepthImageVAE
+
+    if not os.path.isfile(os.path.join(path, "transformer", "config.json")):
+        raise FileNotFoundError(f"no reference image weights under {path!r}")
+    kw = {"local_files_only": True}
+    pipe = FluxPipeline(
+        transformer=FluxTransformer2DModel.from_pretrained(os.path.join(path, "transformer"), **kw),
+        text_encoder=CLIPTextModel.from_pretrained(os.path.join(path, "text_encoder"), **kw).eval(),
+        text_encoder_2=T5EncoderModel.from_pretrained(os.path.join(path, "text_encoder_2"), **kw).eval(),
+        tokenizer=PreTrainedTokenizerFast.from_pretrained(os.path.join(path, "tokenizer"), **kw),
+        tokenizer_2=PreTrainedTokenizerFast.from_pretrained(os.path.join(path, "tokenizer_2"), **kw),
+        vae=SpaceToDepthImageVAE.from_pretrained(os.path.join(path, "vae"), **kw),
+        scheduler=FlowMatchEulerDiscreteScheduler.from_config(
+            FlowMatchEulerDiscreteScheduler.load_config(os.path.join(path, "scheduler"))),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    pipe = pipe.to(device)
+    if dtype is not None:
+        pipe.transformer.to(dtype)
+    return pipe
+
+
 def load_pipeline(kind: str = "video", device: str = "cpu", dtype: Optional[torch.dtype] = None):
-    """The shipped reference pipeline of `kind` ("video"), ready to call, built offline from package data."""
+    """The shipped reference pipeline of `kind` ("video": `WanPipeline`, "image": `FluxPipeline`), ready to call,
+    built offline from package data."""
     if kind == "video":
         return load_video_pipeline(VIDEO_WEIGHTS, device=device, dtype=dtype)
     if kind == "image":
-        raise NotImplementedError("the image (FLUX) reference model is not shipped yet; use kind='video'")
+        return load_image_pipeline(IMAGE_WEIGHTS, device=device, dtype=dtype)
     raise ValueError(f"unknown kind {kind!r}; choose 'video' or 'image'")
 
 
-__all__ = ["load_pipeline", "load_video_pipeline", "available", "VIDEO_DEFAULTS", "WEIGHTS_DIR", "VIDEO_WEIGHTS"]
+__all__ = ["load_pipeline", "load_video_pipeline", "load_image_pipeline", "available", "VIDEO_DEFAULTS",
+           "IMAGE_DEFAULTS", "WEIGHTS_DIR", "VIDEO_WEIGHTS", "IMAGE_WEIGHTS"]

@@ -191,3 +191,40 @@ def selftest(n: int = 200, seed: int = 123, **kwargs) -> Dict[str, float]:
         for k in res:
             res[k] += int(r[f"{k}_ok"])
     return {k: v / n for k, v in res.items()}
+
+
+def predict_place(image: np.ndarray) -> Optional[str]:
+    """Which of the image grammar's places (`image_data.PLACES`) the largest blob's centroid is nearest to."""
+    from . import image_data as I
+
+    blob = _largest_blob(shape_mask(image))
+    if blob is None or blob[1] < 6:
+        return None
+    h, w = image.shape[:2]
+    x, y = blob[2][0] / w, blob[2][1] / h
+    return min(I.PLACES, key=lambda p: (I.PLACES[p][0] - x) ** 2 + (I.PLACES[p][1] - y) ** 2)
+
+
+def check_image(image: np.ndarray, caption: str) -> Dict[str, object]:
+    """Predictions for an `(H, W, 3)` uint8 RGB image and agreement with `caption` (image grammar)."""
+    from . import image_data as I
+
+    spec = I.parse_caption(caption)
+    pred = {"color": predict_color(image[None]), "shape": predict_shape(image[None]), "place": predict_place(image)}
+    return {"caption": caption, **{f"pred_{k}": v for k, v in pred.items()},
+            **{f"{k}_ok": pred[k] == getattr(spec, k) for k in pred}}
+
+
+def selftest_images(n: int = 200, seed: int = 123, **kwargs) -> Dict[str, float]:
+    """Agreement of the image checker with ground-truth images (all specs, held-out included)."""
+    from . import image_data as I
+
+    specs = I.all_specs()
+    rng = np.random.default_rng(seed)
+    res = {"color": 0, "shape": 0, "place": 0}
+    for _ in range(n):
+        spec = specs[int(rng.integers(len(specs)))]
+        r = check_image(I.render_image(spec, int(rng.integers(2**31)), **kwargs), spec.caption)
+        for k in res:
+            res[k] += int(r[f"{k}_ok"])
+    return {k: v / n for k, v in res.items()}

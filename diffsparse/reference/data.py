@@ -120,7 +120,7 @@ def _shape_points(shape: str, cx: float, cy: float, r: float, angle: float) -> n
     return np.array([[cx + rr * math.cos(a), cy + rr * math.sin(a)] for a in angles])
 
 
-def _draw_background(img: np.ndarray, background: str, offset: float, stripe_period: float) -> None:
+def draw_background(img: np.ndarray, background: str, offset: float, stripe_period: float) -> None:
     h, w = img.shape[:2]
     if background == "plain":
         img[:] = BG_PLAIN
@@ -134,10 +134,22 @@ def _draw_background(img: np.ndarray, background: str, offset: float, stripe_per
     img[:] = np.broadcast_to(row[None], (h, w, 3)).astype(np.uint8)
 
 
-def render_video(spec: Spec, seed: int, num_frames: int = 17, height: int = 64, width: int = 64) -> np.ndarray:
-    """`(num_frames, height, width, 3)` uint8 RGB video for `spec`, deterministic in `seed`."""
+def draw_shape(img: np.ndarray, shape: str, cx: float, cy: float, r: float, angle: float, color) -> None:
+    """Draw a filled, anti-aliased `shape` of radius `r` (pixels) centred at (cx, cy) into `img` in place."""
     import cv2
 
+    scale = 4  # sub-pixel precision for cv2 drawing (2 fractional bits)
+    rgb = tuple(float(v) for v in color)
+    if shape == "circle":
+        cv2.circle(img, (int(round(cx * scale)), int(round(cy * scale))), int(round(r * scale)), rgb, -1,
+                   cv2.LINE_AA, 2)
+    else:
+        pts = np.round(_shape_points(shape, cx, cy, r, angle) * scale).astype(np.int32)
+        cv2.fillPoly(img, [pts], rgb, cv2.LINE_AA, 2)
+
+
+def render_video(spec: Spec, seed: int, num_frames: int = 17, height: int = 64, width: int = 64) -> np.ndarray:
+    """`(num_frames, height, width, 3)` uint8 RGB video for `spec`, deterministic in `seed`."""
     rng = np.random.default_rng(seed)
     size = min(height, width)
     r0 = rng.uniform(0.11, 0.16) * size
@@ -160,7 +172,6 @@ def render_video(spec: Spec, seed: int, num_frames: int = 17, height: int = 64, 
     color = np.clip(color * rng.uniform(0.9, 1.05), 0, 255)
 
     frames = np.empty((num_frames, height, width, 3), np.uint8)
-    scale = 4  # sub-pixel precision for cv2 drawing
     for f in range(num_frames):
         t = f / max(num_frames - 1, 1)
         cx, cy, r, ang = cx0, cy0, r0, angle0
@@ -180,21 +191,10 @@ def render_video(spec: Spec, seed: int, num_frames: int = 17, height: int = 64, 
             # camera moving right => world (background and shape) moves left in the image
             cam = (1 if spec.pan == "right" else -1) * pan_px * (t - 0.5)
         img = np.empty((height, width, 3), np.uint8)
-        _draw_background(img, spec.background, stripe_off - cam, stripe_period)
-        px, py = cx - cam, cy
-        if spec.shape == "circle":
-            cv2.circle(img, (int(round(px * scale)), int(round(py * scale))), int(round(r * scale)),
-                       tuple(float(v) for v in color), -1, cv2.LINE_AA, 2)
-        else:
-            pts = np.round(_shape_points(spec.shape, px, py, r, ang) * scale).astype(np.int32)
-            cv2.fillPoly(img, [pts], tuple(float(v) for v in color), cv2.LINE_AA, 2)
+        draw_background(img, spec.background, stripe_off - cam, stripe_period)
+        draw_shape(img, spec.shape, cx - cam, cy, r, ang, color)
         frames[f] = img
     return frames
-
-
-def render_image(spec: Spec, seed: int, height: int = 64, width: int = 64) -> np.ndarray:
-    """`(height, width, 3)` uint8 RGB still (the first frame of the static-ish version of `spec`)."""
-    return render_video(Spec(spec.color, spec.shape, "rotate", spec.background), seed, 1, height, width)[0]
 
 
 def sample(index: int, seed: int = 0, held_out: bool = False, **kwargs) -> Tuple[np.ndarray, str, Spec]:

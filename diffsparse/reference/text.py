@@ -60,3 +60,19 @@ def encode(tokenizer, text_encoder, prompts: List[str], max_length: int):
     ids, mask = inputs.input_ids.to(dev), inputs.attention_mask.to(dev)
     hidden = text_encoder(ids, mask).last_hidden_state
     return hidden * mask.unsqueeze(-1).to(hidden.dtype)
+
+
+def build_clip_text_encoder(vocab_size: int, hidden_size: int = 64, num_layers: int = 1, num_heads: int = 2,
+                            intermediate_size: int = 128, max_positions: int = 77, seed: int = 0):
+    """A small `CLIPTextModel` (FLUX's pooled text input) over the word-level tokenizer: pooled at the first
+    `</s>` (id 1), which the tokenizer appends to every prompt."""
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    cfg = CLIPTextConfig(
+        vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers, num_attention_heads=num_heads, max_position_embeddings=max_positions,
+        pad_token_id=0, bos_token_id=1, eos_token_id=1, projection_dim=hidden_size,
+    )
+    torch.manual_seed(seed)
+    return CLIPTextModel(cfg)

@@ -1,4 +1,4 @@
-"""Flow-matching training of the reference video model (tiny `WanTransformer3DModel` + tiny T5 text encoder).
+"""Flow-matching training of the reference models (video: tiny `WanTransformer3DModel` + T5; image: tiny FLUX).
 
     python -m diffsparse.reference.train --config configs/reference_video.json [--device cuda] [--out DIR]
         [--steps N] [--resume] [--threads 1]
@@ -30,6 +30,7 @@ from .text import build_text_encoder, build_tokenizer, encode
 from .vae import SpaceToDepthVAE
 
 DEFAULTS: Dict[str, Any] = {
+    "kind": "video",
     "seed": 0,
     "frames": 17,
     "height": 64,
@@ -59,19 +60,37 @@ DEFAULTS: Dict[str, Any] = {
 
 
 def load_config(path: str | None, overrides: Dict[str, Any] | None = None) -> Dict[str, Any]:
-    cfg = deepcopy(DEFAULTS)
+    """The model family's defaults (`"kind": "video"` or `"image"` in the file) updated by the file and `overrides`."""
+    user: Dict[str, Any] = {}
     if path:
         with open(path) as fh:
             user = json.load(fh)
-        for k, v in user.items():
-            if isinstance(v, dict) and isinstance(cfg.get(k), dict):
-                cfg[k].update(v)
-            else:
-                cfg[k] = v
+    kind = user.get("kind", "video")
+    if kind == "video":
+        cfg = deepcopy(DEFAULTS)
+    elif kind == "image":
+        from .train_image import IMAGE_DEFAULTS
+
+        cfg = deepcopy(IMAGE_DEFAULTS)
+    else:
+        raise ValueError(f"unknown model kind {kind!r} in {path}; choose 'video' or 'image'")
+    for k, v in user.items():
+        if isinstance(v, dict) and isinstance(cfg.get(k), dict):
+            cfg[k].update(v)
+        else:
+            cfg[k] = v
     for k, v in (overrides or {}).items():
         if v is not None:
             cfg[k] = v
     return cfg
+
+
+def trainer_for(cfg: Dict[str, Any], device: str = "cpu") -> "Trainer":
+    if cfg.get("kind", "video") == "image":
+        from .train_image import ImageTrainer
+
+        return ImageTrainer(cfg, device)
+    return Trainer(cfg, device)
 
 
 def build_transformer(cfg: Dict[str, Any], z_dim: int):
@@ -133,20 +152,24 @@ def sample_sigmas(n: int, cfg: Dict[str, Any], gen: torch.Generator) -> torch.Te
 
 
 class Trainer:
+    """Flow-matching loop shared by the reference models: EMA, AdamW with warm-up and cosine decay,
+    resumable checkpoints, loss log. Subclasses say what the models are (`build`), how a batch becomes
+    (x0, model inputs) (`prepare`), how the transformer is called (`predict`) and what is shipped (`export`).
+    This class is the video model (`WanTransformer3DModel` + tiny T5 + `SpaceToDepthVAE`)."""
+
     def __init__(self, cfg: Dict[str, Any], device: str = "cpu"):
         self.cfg, self.device = cfg, torch.device(device)
         self.out = cfg["out"]
         os.makedirs(self.out, exist_ok=True)
         torch.manual_seed(cfg["seed"])
-        self.tokenizer = build_tokenizer()
-        self.vae = build_vae(cfg).to(self.device)
-        te = cfg["text_encoder"]
-        self.text_encoder = build_text_encoder(len(self.tokenizer), seed=cfg["seed"], **te).to(self.device)
-        self.transformer = build_transformer(cfg, self.vae.config.z_dim).to(self.device)
+        self.modules: Dict[str, torch.nn.Module] = self.build()  # the trained modules, by name
+        for m in self.modules.values():
+            m.to(self.device)
+        self.vae.to(self.device)
         self.ema = {k: v.detach().clone() for k, v in self._named_params()}
+        lrs = {"transformer": cfg["lr"]}
         self.opt = torch.optim.AdamW([
-            {"params": list(self.transformer.parameters()), "lr": cfg["lr"]},
-            {"params": list(self.text_encoder.parameters()), "lr": cfg["text_lr"]},
+            {"params": list(m.parameters()), "lr": lrs.get(name, cfg["text_lr"])} for name, m in self.modules.items()
         ], betas=(0.9, 0.99), weight_decay=cfg["weight_decay"])
         self.base_lrs = [g["lr"] for g in self.opt.param_groups]
         self.step = 0
@@ -154,11 +177,42 @@ class Trainer:
         self.np_rng = np.random.default_rng(cfg["seed"])
         self.elapsed = 0.0
 
+    # -- what the video model is --------------------------------------------------------------------
+    def build(self) -> Dict[str, torch.nn.Module]:
+        cfg = self.cfg
+        self.tokenizer = build_tokenizer()
+        self.vae = build_vae(cfg)
+        te = build_text_encoder(len(self.tokenizer), seed=cfg["seed"], **cfg["text_encoder"])
+        return {"transformer": build_transformer(cfg, self.vae.config.z_dim), "text_encoder": te}
+
+    def prepare(self, step: int):
+        """(x0 normalised latents, keyword inputs of the transformer other than hidden_states/timestep)."""
+        x, caps = batch(self.cfg, step, self.np_rng)
+        with torch.no_grad():
+            x0 = self.vae.normalize(self.vae.encode(x.to(self.device)).latent_dist.mode())
+        emb = encode(self.tokenizer, self.modules["text_encoder"], caps, self.cfg["text_len"])
+        return x0, {"encoder_hidden_states": emb}
+
+    def predict(self, xt: torch.Tensor, sigma: torch.Tensor, inputs: Dict[str, Any]) -> torch.Tensor:
+        return self.modules["transformer"](hidden_states=xt, timestep=sigma * 1000, return_dict=False, **inputs)[0]
+
+    def export_models(self, path: str, models: Dict[str, torch.nn.Module]) -> None:
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        for name, m in models.items():
+            m.save_pretrained(os.path.join(path, name), safe_serialization=True)
+        self.tokenizer.save_pretrained(os.path.join(path, "tokenizer"))
+        self.vae.save_pretrained(os.path.join(path, "vae"), safe_serialization=True)
+        FlowMatchEulerDiscreteScheduler(shift=self.cfg["shift"]).save_config(os.path.join(path, "scheduler"))
+
+    # -- the shared loop ----------------------------------------------------------------------------
     def _named_params(self):
-        for n, p in self.transformer.named_parameters():
-            yield "transformer." + n, p
-        for n, p in self.text_encoder.named_parameters():
-            yield "text_encoder." + n, p
+        for name, m in self.modules.items():
+            for n, p in m.named_parameters():
+                yield f"{name}.{n}", p
+
+    def _params(self) -> List[torch.nn.Parameter]:
+        return [p for m in self.modules.values() for p in m.parameters()]
 
     @property
     def ckpt_path(self) -> str:
@@ -167,7 +221,7 @@ class Trainer:
     def save(self) -> None:
         state = {
             "step": self.step, "cfg": self.cfg, "elapsed": self.elapsed,
-            "transformer": self.transformer.state_dict(), "text_encoder": self.text_encoder.state_dict(),
+            "modules": {name: m.state_dict() for name, m in self.modules.items()},
             "ema": self.ema, "opt": self.opt.state_dict(), "gen": self.gen.get_state(),
             "np_rng": self.np_rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
             "vae_config": dict(self.vae.config), "vae": self.vae.state_dict(),
@@ -180,10 +234,9 @@ class Trainer:
         if not os.path.exists(self.ckpt_path):
             return False
         state = torch.load(self.ckpt_path, map_location=self.device, weights_only=False)
-        if "vae" in state:
-            self.vae.load_state_dict(state["vae"])
-        self.transformer.load_state_dict(state["transformer"])
-        self.text_encoder.load_state_dict(state["text_encoder"])
+        self.vae.load_state_dict(state["vae"])
+        for name, m in self.modules.items():
+            m.load_state_dict(state["modules"][name])
         self.ema = {k: v.to(self.device) for k, v in state["ema"].items()}
         self.opt.load_state_dict(state["opt"])
         self.gen.set_state(state["gen"])
@@ -201,24 +254,18 @@ class Trainer:
 
     def train_step(self) -> float:
         cfg = self.cfg
-        x, caps = batch(cfg, self.step, self.np_rng)
-        x = x.to(self.device)
-        with torch.no_grad():
-            x0 = self.vae.normalize(self.vae.encode(x).latent_dist.mode())
-        emb = encode(self.tokenizer, self.text_encoder, caps, cfg["text_len"])
+        x0, inputs = self.prepare(self.step)
         sig = sample_sigmas(x0.shape[0], cfg, self.gen).to(self.device)
         noise = torch.randn(x0.shape, generator=self.gen).to(self.device)
-        s = sig.view(-1, 1, 1, 1, 1)
+        s = sig.view(-1, *([1] * (x0.dim() - 1)))
         xt = (1 - s) * x0 + s * noise
-        pred = self.transformer(hidden_states=xt, timestep=sig * 1000, encoder_hidden_states=emb,
-                                return_dict=False)[0]
+        pred = self.predict(xt, sig, inputs)
         loss = F.mse_loss(pred.float(), (noise - x0).float())
         for g, base in zip(self.opt.param_groups, self.base_lrs):
             g["lr"] = base * self.lr_scale()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(list(self.transformer.parameters()) + list(self.text_encoder.parameters()),
-                                       cfg["grad_clip"])
+        torch.nn.utils.clip_grad_norm_(self._params(), cfg["grad_clip"])
         self.opt.step()
         d = min(cfg["ema_decay"], (1 + self.step) / (10 + self.step))
         with torch.no_grad():
@@ -249,20 +296,15 @@ class Trainer:
 
     def export(self, path: str | None = None, use_ema: bool = True) -> str:
         """Write the shippable weights folder (safetensors + configs) that `load_pipeline` reads."""
-        from diffusers import FlowMatchEulerDiscreteScheduler
-
         path = path or os.path.join(self.out, "export")
-        tr, te = deepcopy(self.transformer).cpu(), deepcopy(self.text_encoder).cpu()
+        models = {name: deepcopy(m).cpu() for name, m in self.modules.items()}
         if use_ema:
-            tr.load_state_dict({k[len("transformer."):]: v for k, v in self.ema.items() if k.startswith("transformer.")})
-            missing, unexpected = te.load_state_dict(
-                {k[len("text_encoder."):]: v for k, v in self.ema.items() if k.startswith("text_encoder.")}, strict=False)
-            assert not unexpected and all(k.endswith("embed_tokens.weight") for k in missing), (missing, unexpected)
-        tr.save_pretrained(os.path.join(path, "transformer"), safe_serialization=True)
-        te.save_pretrained(os.path.join(path, "text_encoder"), safe_serialization=True)
-        self.tokenizer.save_pretrained(os.path.join(path, "tokenizer"))
-        self.vae.save_pretrained(os.path.join(path, "vae"), safe_serialization=True)
-        FlowMatchEulerDiscreteScheduler(shift=self.cfg["shift"]).save_config(os.path.join(path, "scheduler"))
+            for name, m in models.items():
+                own = {k[len(name) + 1:]: v for k, v in self.ema.items() if k.startswith(name + ".")}
+                missing, unexpected = m.load_state_dict(own, strict=False)
+                aliases = set(m.state_dict()) - {n for n, _ in m.named_parameters()}  # tied weights
+                assert not unexpected and set(missing) <= aliases, (name, missing, unexpected)
+        self.export_models(path, models)
         meta = {"step": self.step, "train_seconds": round(self.elapsed, 1), "device": str(self.device),
                 "ema": use_ema, "config": self.cfg, "torch_threads": torch.get_num_threads()}
         with open(os.path.join(path, "training.json"), "w") as fh:
@@ -283,15 +325,15 @@ def main(argv: List[str] | None = None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config, {"out": args.out, "steps": args.steps})
-    tr = Trainer(cfg, args.device)
+    tr = trainer_for(cfg, args.device)
     resumed = tr.load() if (args.resume or args.export_only) else False
     if args.export_only:
         if not resumed:
             raise SystemExit(f"no checkpoint at {tr.ckpt_path}")
     else:
-        print(f"{'resuming at step ' + str(tr.step) if resumed else 'starting'}; transformer "
-              f"{sum(p.numel() for p in tr.transformer.parameters()) / 1e6:.2f} M params, text encoder "
-              f"{sum(p.numel() for p in tr.text_encoder.parameters()) / 1e6:.2f} M", flush=True)
+        sizes = ", ".join(f"{name} {sum(p.numel() for p in m.parameters()) / 1e6:.2f} M"
+                          for name, m in tr.modules.items())
+        print(f"{'resuming at step ' + str(tr.step) if resumed else 'starting'}; {sizes} params", flush=True)
         tr.run()
     print("exported to", tr.export(args.export_to), flush=True)
 

@@ -43,6 +43,18 @@ class SpaceToDepthDecoderOutput(BaseOutput):
     sample: torch.Tensor
 
 
+def principal_components(rows: torch.Tensor, k: int):
+    """Top-`k` principal components of `rows` (N, C): (basis (C, k) orthonormal, centre (C,), their standard
+    deviations as a list), computed in float64, signs fixed so that each basis vector sums to >= 0."""
+    m = rows.double()
+    mu = m.mean(0)
+    cov = (m - mu).T @ (m - mu) / m.shape[0]
+    ev, vecs = torch.linalg.eigh(cov)
+    ev, vecs = ev.flip(0)[:k], vecs.flip(1)[:, :k]
+    vecs = vecs * torch.where(vecs.sum(0) < 0, -1.0, 1.0).to(vecs)  # deterministic signs
+    return vecs, mu, ev.clamp_min(1e-8).sqrt().tolist()
+
+
 class _Deterministic:
     """Stands in for a diagonal Gaussian with zero variance (`sample()` == `mode()`)."""
 
@@ -102,17 +114,11 @@ class SpaceToDepthVAE(ModelMixin, ConfigMixin):
         """Set `basis`/`center` to the top principal components of packed `videos` (B,3,F,H,W) in [-1, 1];
         returns the per-component standard deviations (use them as `latents_std`)."""
         raw = self.pack(videos)
-        m = raw.permute(0, 2, 3, 4, 1).reshape(-1, raw.shape[1]).double()
-        mu = m.mean(0)
-        cov = (m - mu).T @ (m - mu) / m.shape[0]
-        ev, vecs = torch.linalg.eigh(cov)
-        ev, vecs = ev.flip(0), vecs.flip(1)
-        k = self.config.latent_channels
-        vecs = vecs[:, :k]
-        vecs = vecs * torch.where(vecs.sum(0) < 0, -1.0, 1.0).to(vecs)  # deterministic signs
-        self.basis.copy_(vecs.to(self.basis))
-        self.center.copy_(mu.to(self.center))
-        return ev[:k].clamp_min(1e-8).sqrt().tolist()
+        basis, center, std = principal_components(raw.movedim(1, -1).reshape(-1, raw.shape[1]),
+                                                  self.config.latent_channels)
+        self.basis.copy_(basis.to(self.basis))
+        self.center.copy_(center.to(self.center))
+        return std
 
     def project(self, raw: torch.Tensor) -> torch.Tensor:
         if self.config.latent_channels is None:
