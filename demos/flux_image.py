@@ -1,6 +1,6 @@
 """Dense and each image method on a FLUX pipeline, same prompt and seed: one labelled PNG grid and a table.
 
-    python demos/flux_image.py --out flux_grid.png                    # no local model: tiny random-weight FLUX
+    python demos/flux_image.py --out flux_grid.png                    # the shipped reference FLUX model
     python demos/flux_image.py --model /path/to/FLUX.1-dev --height 1024 --width 1024 --steps 28
 
 Fidelity against the dense image uses `diffsparse.metrics` (PSNR, luma SSIM on a one-frame video).
@@ -14,17 +14,19 @@ import torch
 
 import diffsparse
 from diffsparse.metrics import psnr, ssim, to_uint8
+from diffsparse.reference import IMAGE_DEFAULTS, available, load_pipeline as load_reference
 from diffsparse.tiny import example_inputs, tiny_flux_pipeline
 from diffsparse.viz import label, save_png
 
 parser = argparse.ArgumentParser()
-parser.add_argument("--model", help="local Diffusers FLUX pipeline folder (default: tiny random-weight FLUX)")
+parser.add_argument("--model", help="local Diffusers FLUX pipeline folder (default: the shipped reference model)")
 parser.add_argument("--methods", default="sliding_window,grat")
-parser.add_argument("--prompt", default="a red square on a striped background")
+parser.add_argument("--prompt", default="a red square in the top left on a striped background")
 parser.add_argument("--seed", type=int, default=0)
-parser.add_argument("--height", type=int, default=256)
-parser.add_argument("--width", type=int, default=256)
-parser.add_argument("--steps", type=int, default=4)
+parser.add_argument("--height", type=int, default=IMAGE_DEFAULTS["height"])
+parser.add_argument("--width", type=int, default=IMAGE_DEFAULTS["width"])
+parser.add_argument("--steps", type=int, default=IMAGE_DEFAULTS["num_inference_steps"])
+parser.add_argument("--block-size", type=int, default=None, help="kernel block (default: 16 on the reference model)")
 parser.add_argument("--out", default="flux_grid.png")
 args = parser.parse_args()
 
@@ -34,7 +36,11 @@ if args.model:
 
     pipe = load_pipeline(args.model, device, torch.bfloat16 if device == "cuda" else None)
     inputs = {"prompt": args.prompt}
-else:  # diffsparse ships no reference image model yet (diffsparse.reference has only "video")
+elif available("image"):  # diffsparse's own small trained FLUX (eval/results/reference_image/)
+    pipe = load_reference("image", device=device)
+    inputs = {"prompt": args.prompt, "negative_prompt": "", "true_cfg_scale": IMAGE_DEFAULTS["true_cfg_scale"]}
+    args.block_size = args.block_size or 16
+else:
     print("no --model and no shipped reference image model: tiny FLUX with RANDOM weights, so the images are "
           "noise-like; the numbers show speed and fidelity to dense only")
     pipe = tiny_flux_pipeline().to(device)
@@ -43,7 +49,8 @@ else:  # diffsparse ships no reference image model yet (diffsparse.reference has
 
 def run(method):
     """(image `(H, W, 3)` in [0, 1], seconds, density) of one render with `method` (None: dense)."""
-    handle = diffsparse.enable_sparse_attention(pipe, method=method) if method else None
+    options = {"block_size": args.block_size} if args.block_size else {}
+    handle = diffsparse.enable_sparse_attention(pipe, method=method, **options) if method else None
     start = time.perf_counter()
     image = pipe(**inputs, height=args.height, width=args.width, num_inference_steps=args.steps,
                  generator=torch.Generator().manual_seed(args.seed), output_type="np").images[0]

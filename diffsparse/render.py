@@ -14,9 +14,9 @@ import torch
 from .api import disable_sparse_attention, enable_sparse_attention
 
 DEFAULT_MODEL_NOTE = (
-    "default model: diffsparse's shipped reference Wan (1.3 M-param transformer + tiny T5, trained 36 CPU-minutes "
-    "on procedural shapes at 64x64, 17 frames); it follows colour and background, not yet shape or motion "
-    "(eval/results/reference/)"
+    "default model: diffsparse's shipped reference Wan (1.2 M-param transformer + tiny T5, trained 84 CPU-minutes "
+    "on procedural shapes at 64x64, 17 frames); it draws one object in the prompt's colour on the prompt's "
+    "background, follows motion only partly and shape hardly (eval/results/reference/)"
 )
 RANDOM_MODEL_NOTE = "default model: a tiny Wan transformer with RANDOM weights (reference weights not found)"
 

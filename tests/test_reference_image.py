@@ -41,6 +41,10 @@ def test_image_checker_reads_ground_truth(place):
         assert r["color_ok"] and r["shape_ok"] and r["place_ok"], r
 
 
+def test_image_checker_selftest_is_perfect_on_ground_truth():
+    assert checker.selftest(40, kind="image", height=64, width=96) == {"color": 1.0, "shape": 1.0, "place": 1.0}
+
+
 def test_image_checker_rejects_wrong_content():
     spec = I.ImageSpec("red", "square", "top left", "plain")
     other = I.render_image(I.ImageSpec("green", "circle", "bottom right", "plain"), seed=0)

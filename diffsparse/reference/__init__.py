@@ -6,10 +6,15 @@
                  height=64, width=64, num_inference_steps=20, guidance_scale=4.0,
                  generator=torch.Generator().manual_seed(0), output_type="np").frames[0]
 
-The video model is a small `WanTransformer3DModel` with a tiny T5 text encoder and a lossless
+    image = load_pipeline("image")(prompt="a red square in the top left on a striped background",
+                                   negative_prompt="", true_cfg_scale=4.0, height=128, width=128).images[0]
+
+The video model is a small `WanTransformer3DModel` with a tiny T5 text encoder and a linear (PCA)
 space-to-depth autoencoder (`vae.SpaceToDepthVAE`), trained with `diffsparse.reference.train` on the
-procedural captioned videos of `diffsparse.reference.data` at 64x64, 17 frames. See
-`eval/results/reference/` for the recipe and measured quality.
+procedural captioned videos of `diffsparse.reference.data` at 64x64, 17 frames. The image model is a
+small `FluxTransformer2DModel` with tiny CLIP and T5 encoders and `image_vae.SpaceToDepthImageVAE`,
+trained on `image_data` stills at 128x128 (`train_image.py`). See `eval/results/reference/` and
+`eval/results/reference_image/` for the recipes and measured quality.
 """
 
 from __future__ import annotations

@@ -180,15 +180,21 @@ def adjacent_ssim(video: np.ndarray) -> float:
     return float(np.mean([ssim(a, b) for a, b in zip(video[:-1], video[1:])]))
 
 
-def selftest(n: int = 200, seed: int = 123, **kwargs) -> Dict[str, float]:
-    """Agreement of the checker with ground-truth samples (all specs, held-out included)."""
-    specs = D.all_specs()
+def selftest(n: int = 200, seed: int = 123, kind: str = "video", **kwargs) -> Dict[str, float]:
+    """Agreement of the checker with ground-truth samples of `kind` ("video" or "image"), held-out specs included;
+    `kwargs` go to the renderer (num_frames / height / width)."""
+    from . import image_data as I
+
+    specs, render, check_fn, keys = {
+        "video": (D.all_specs(), D.render_video, check, ("color", "shape", "motion")),
+        "image": (I.all_specs(), I.render_image, check_image, ("color", "shape", "place")),
+    }[kind]
     rng = np.random.default_rng(seed)
-    res = {"color": 0, "shape": 0, "motion": 0}
-    for i in range(n):
+    res = dict.fromkeys(keys, 0)
+    for _ in range(n):
         spec = specs[int(rng.integers(len(specs)))]
-        r = check(D.render_video(spec, int(rng.integers(2**31)), **kwargs), spec.caption)
-        for k in res:
+        r = check_fn(render(spec, int(rng.integers(2**31)), **kwargs), spec.caption)
+        for k in keys:
             res[k] += int(r[f"{k}_ok"])
     return {k: v / n for k, v in res.items()}
 
@@ -213,18 +219,3 @@ def check_image(image: np.ndarray, caption: str) -> Dict[str, object]:
     pred = {"color": predict_color(image[None]), "shape": predict_shape(image[None]), "place": predict_place(image)}
     return {"caption": caption, **{f"pred_{k}": v for k, v in pred.items()},
             **{f"{k}_ok": pred[k] == getattr(spec, k) for k in pred}}
-
-
-def selftest_images(n: int = 200, seed: int = 123, **kwargs) -> Dict[str, float]:
-    """Agreement of the image checker with ground-truth images (all specs, held-out included)."""
-    from . import image_data as I
-
-    specs = I.all_specs()
-    rng = np.random.default_rng(seed)
-    res = {"color": 0, "shape": 0, "place": 0}
-    for _ in range(n):
-        spec = specs[int(rng.integers(len(specs)))]
-        r = check_image(I.render_image(spec, int(rng.integers(2**31)), **kwargs), spec.caption)
-        for k in res:
-            res[k] += int(r[f"{k}_ok"])
-    return {k: v / n for k, v in res.items()}

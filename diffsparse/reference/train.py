@@ -181,6 +181,7 @@ class Trainer:
     def build(self) -> Dict[str, torch.nn.Module]:
         cfg = self.cfg
         self.tokenizer = build_tokenizer()
+        self.tokenizers = {"tokenizer": self.tokenizer}  # shipped next to the models, by pipeline component name
         self.vae = build_vae(cfg)
         te = build_text_encoder(len(self.tokenizer), seed=cfg["seed"], **cfg["text_encoder"])
         return {"transformer": build_transformer(cfg, self.vae.config.z_dim), "text_encoder": te}
@@ -201,9 +202,12 @@ class Trainer:
 
         for name, m in models.items():
             m.save_pretrained(os.path.join(path, name), safe_serialization=True)
-        self.tokenizer.save_pretrained(os.path.join(path, "tokenizer"))
+        for name, tok in self.tokenizers.items():
+            tok.save_pretrained(os.path.join(path, name))
         self.vae.save_pretrained(os.path.join(path, "vae"), safe_serialization=True)
-        FlowMatchEulerDiscreteScheduler(shift=self.cfg["shift"]).save_config(os.path.join(path, "scheduler"))
+        # a static shift (no resolution-dependent mu for FLUX): the one the model was trained with
+        FlowMatchEulerDiscreteScheduler(shift=self.cfg["shift"], use_dynamic_shifting=False).save_config(
+            os.path.join(path, "scheduler"))
 
     # -- the shared loop ----------------------------------------------------------------------------
     def _named_params(self):

@@ -13,7 +13,6 @@ transformer. No guidance embedding: classifier-free guidance is FLUX's `true_cfg
 
 from __future__ import annotations
 
-import os
 from copy import deepcopy
 from typing import Any, Dict
 
@@ -86,6 +85,7 @@ class ImageTrainer(Trainer):
         words = I.vocabulary()
         self.tokenizer = build_tokenizer(words, model_max_length=77)
         self.tokenizer_2 = build_tokenizer(words, model_max_length=512)
+        self.tokenizers = {"tokenizer": self.tokenizer, "tokenizer_2": self.tokenizer_2}
         self.vae = build_image_vae(cfg)
         models = {
             "transformer": build_flux_transformer(cfg, self.vae.config.latent_channels),
@@ -113,15 +113,3 @@ class ImageTrainer(Trainer):
         # FluxPipeline passes timestep / 1000, i.e. sigma; the transformer scales by 1000 itself
         return self.modules["transformer"](hidden_states=xt, timestep=sigma, guidance=None, return_dict=False,
                                            **inputs)[0]
-
-    def export_models(self, path: str, models: Dict[str, torch.nn.Module]) -> None:
-        from diffusers import FlowMatchEulerDiscreteScheduler
-
-        for name, m in models.items():
-            m.save_pretrained(os.path.join(path, name), safe_serialization=True)
-        self.tokenizer.save_pretrained(os.path.join(path, "tokenizer"))
-        self.tokenizer_2.save_pretrained(os.path.join(path, "tokenizer_2"))
-        self.vae.save_pretrained(os.path.join(path, "vae"), safe_serialization=True)
-        # static shift (no resolution-dependent mu): the shift the model was trained with
-        FlowMatchEulerDiscreteScheduler(shift=self.cfg["shift"], use_dynamic_shifting=False).save_config(
-            os.path.join(path, "scheduler"))
