@@ -20,3 +20,28 @@ def render(pipe, family, seed=0, **overrides):
     res = pipe(generator=torch.Generator().manual_seed(seed), **kwargs)
     out = res.images if family == "flux" else res.frames
     return torch.as_tensor(out[0])
+
+
+def train_tiny_reference(cfg: dict, tmp_path):
+    """Train a tiny reference-model config for 2 steps, resume to 3, and check the log; returns the run folder
+    (its `export/` is the shippable weights folder)."""
+    import json
+
+    import numpy as np
+
+    from diffsparse.reference import train
+
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(cfg))
+    out = tmp_path / "run"
+    threads = torch.get_num_threads()
+    try:
+        train.main(["--config", str(path), "--out", str(out), "--threads", "1"])
+        assert torch.load(out / "ckpt.pt", weights_only=False)["step"] == 2
+        train.main(["--config", str(path), "--out", str(out), "--steps", "3", "--resume", "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.load(out / "ckpt.pt", weights_only=False)["step"] == 3
+    log = [json.loads(line) for line in (out / "loss.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in log)
+    return out

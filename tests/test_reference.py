@@ -1,6 +1,5 @@
 """The shipped reference models: data generator, text side, space-to-depth VAE, training loop, loader."""
 
-import json
 import os
 
 import numpy as np
@@ -9,6 +8,7 @@ import torch
 
 from diffsparse.reference import checker
 from diffsparse.reference import data as D
+from pipeline_helpers import train_tiny_reference
 
 
 def test_data_is_deterministic_by_seed():
@@ -79,22 +79,9 @@ TINY = {
 
 
 def test_training_writes_checkpoint_resumes_and_exports(tmp_path):
-    from diffsparse.reference import load_video_pipeline, train
+    from diffsparse.reference import load_video_pipeline
 
-    cfg_path = tmp_path / "tiny.json"
-    cfg_path.write_text(json.dumps(TINY))
-    out = tmp_path / "run"
-    threads = torch.get_num_threads()
-    try:
-        train.main(["--config", str(cfg_path), "--out", str(out), "--threads", "1"])
-        state = torch.load(out / "ckpt.pt", weights_only=False)
-        assert state["step"] == 2
-        train.main(["--config", str(cfg_path), "--out", str(out), "--steps", "3", "--resume", "--threads", "1"])
-    finally:
-        torch.set_num_threads(threads)
-    assert torch.load(out / "ckpt.pt", weights_only=False)["step"] == 3
-    log = [json.loads(line) for line in (out / "loss.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in log] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in log)
+    out = train_tiny_reference(TINY, tmp_path)
     pipe = load_video_pipeline(str(out / "export"))
     video = pipe(prompt="a red square moving left on a plain background", num_frames=5, height=16, width=16,
                  num_inference_steps=2, max_sequence_length=16, generator=torch.Generator().manual_seed(0),

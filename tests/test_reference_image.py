@@ -1,6 +1,5 @@
 """The reference image model (FLUX architecture): image grammar, checker, PCA image VAE, training, loader."""
 
-import json
 import os
 
 import numpy as np
@@ -9,6 +8,7 @@ import torch
 
 from diffsparse.reference import checker
 from diffsparse.reference import image_data as I
+from pipeline_helpers import train_tiny_reference
 
 TINY_IMAGE = {
     "kind": "image", "height": 32, "width": 32, "batch_size": 2, "steps": 2, "warmup": 1, "text_len": 16,
@@ -82,20 +82,9 @@ def test_image_training_resumes_exports_and_renders_through_flux_pipeline(tmp_pa
     from diffusers import FluxPipeline
 
     import diffsparse
-    from diffsparse.reference import load_image_pipeline, train
+    from diffsparse.reference import load_image_pipeline
 
-    cfg = tmp_path / "tiny_image.json"
-    cfg.write_text(json.dumps(TINY_IMAGE))
-    out = tmp_path / "run"
-    threads = torch.get_num_threads()
-    try:
-        train.main(["--config", str(cfg), "--out", str(out), "--threads", "1"])
-        train.main(["--config", str(cfg), "--out", str(out), "--steps", "3", "--resume", "--threads", "1"])
-    finally:
-        torch.set_num_threads(threads)
-    assert torch.load(out / "ckpt.pt", weights_only=False)["step"] == 3
-    log = [json.loads(line) for line in (out / "loss.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in log] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in log)
+    out = train_tiny_reference(TINY_IMAGE, tmp_path)
     pipe = load_image_pipeline(str(out / "export"))
     assert isinstance(pipe, FluxPipeline) and pipe.vae_scale_factor == 4
     kw = dict(prompt="a red square in the top left on a plain background", negative_prompt="", true_cfg_scale=3.0,

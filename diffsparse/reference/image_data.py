@@ -74,8 +74,6 @@ def parse_caption(caption: str) -> ImageSpec:
 
 def render_image(spec: ImageSpec, seed: int, height: int = 64, width: int = 64) -> np.ndarray:
     """`(height, width, 3)` uint8 RGB image for `spec`, deterministic in `seed`."""
-    import cv2
-
     rng = np.random.default_rng(seed)
     size = min(height, width)
     r = rng.uniform(0.12, 0.17) * size

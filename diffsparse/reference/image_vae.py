@@ -19,7 +19,7 @@ import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
-from .vae import SpaceToDepthDecoderOutput, SpaceToDepthEncoderOutput, _Deterministic, principal_components
+from .vae import SpaceToDepthDecoderOutput, SpaceToDepthEncoderOutput, _Deterministic, fit_basis
 
 
 class SpaceToDepthImageVAE(ModelMixin, ConfigMixin):
@@ -61,12 +61,7 @@ class SpaceToDepthImageVAE(ModelMixin, ConfigMixin):
     @torch.no_grad()
     def fit_pca(self, images: torch.Tensor) -> List[float]:
         """Fit `basis`/`center` on `images` (B, 3, H, W) in [-1, 1]; returns the components' standard deviations."""
-        raw = self.pack(images)
-        basis, center, std = principal_components(raw.movedim(1, -1).reshape(-1, raw.shape[1]),
-                                                  self.config.latent_channels)
-        self.basis.copy_(basis.to(self.basis))
-        self.center.copy_(center.to(self.center))
-        return std
+        return fit_basis(self, self.pack(images))
 
     def normalize(self, z: torch.Tensor) -> torch.Tensor:
         return (z - self.config.shift_factor) * self.config.scaling_factor

@@ -52,8 +52,6 @@ def build_text_encoder(vocab_size: int, d_model: int = 64, num_layers: int = 2, 
 
 def encode(tokenizer, text_encoder, prompts: List[str], max_length: int):
     """Prompt embeddings exactly as `WanPipeline._get_t5_prompt_embeds` builds them (zeros past the text)."""
-    import torch
-
     inputs = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True,
                        add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
     dev = next(text_encoder.parameters()).device

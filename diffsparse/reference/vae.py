@@ -55,6 +55,16 @@ def principal_components(rows: torch.Tensor, k: int):
     return vecs, mu, ev.clamp_min(1e-8).sqrt().tolist()
 
 
+@torch.no_grad()
+def fit_basis(vae, raw: torch.Tensor) -> List[float]:
+    """Set `vae.basis`/`vae.center` to the top `vae.config.latent_channels` principal components of packed
+    pixels `raw` (B, C, ...); returns their standard deviations."""
+    basis, center, std = principal_components(raw.movedim(1, -1).reshape(-1, raw.shape[1]), vae.config.latent_channels)
+    vae.basis.copy_(basis.to(vae.basis))
+    vae.center.copy_(center.to(vae.center))
+    return std
+
+
 class _Deterministic:
     """Stands in for a diagonal Gaussian with zero variance (`sample()` == `mode()`)."""
 
@@ -113,12 +123,7 @@ class SpaceToDepthVAE(ModelMixin, ConfigMixin):
     def fit_pca(self, videos: torch.Tensor) -> List[float]:
         """Set `basis`/`center` to the top principal components of packed `videos` (B,3,F,H,W) in [-1, 1];
         returns the per-component standard deviations (use them as `latents_std`)."""
-        raw = self.pack(videos)
-        basis, center, std = principal_components(raw.movedim(1, -1).reshape(-1, raw.shape[1]),
-                                                  self.config.latent_channels)
-        self.basis.copy_(basis.to(self.basis))
-        self.center.copy_(center.to(self.center))
-        return std
+        return fit_basis(self, self.pack(videos))
 
     def project(self, raw: torch.Tensor) -> torch.Tensor:
         if self.config.latent_channels is None:
