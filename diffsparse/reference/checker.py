@@ -21,6 +21,7 @@ from typing import Dict, Optional
 import numpy as np
 
 from . import data as D
+from . import image_data as I
 
 
 def shape_mask(frame: np.ndarray) -> np.ndarray:
@@ -183,8 +184,6 @@ def adjacent_ssim(video: np.ndarray) -> float:
 def selftest(n: int = 200, seed: int = 123, kind: str = "video", **kwargs) -> Dict[str, float]:
     """Agreement of the checker with ground-truth samples of `kind` ("video" or "image"), held-out specs included;
     `kwargs` go to the renderer (num_frames / height / width)."""
-    from . import image_data as I
-
     specs, render, check_fn, keys = {
         "video": (D.all_specs(), D.render_video, check, ("color", "shape", "motion")),
         "image": (I.all_specs(), I.render_image, check_image, ("color", "shape", "place")),
@@ -201,8 +200,6 @@ def selftest(n: int = 200, seed: int = 123, kind: str = "video", **kwargs) -> Di
 
 def predict_place(image: np.ndarray) -> Optional[str]:
     """Which of the image grammar's places (`image_data.PLACES`) the largest blob's centroid is nearest to."""
-    from . import image_data as I
-
     blob = _largest_blob(shape_mask(image))
     if blob is None or blob[1] < 6:
         return None
@@ -213,8 +210,6 @@ def predict_place(image: np.ndarray) -> Optional[str]:
 
 def check_image(image: np.ndarray, caption: str) -> Dict[str, object]:
     """Predictions for an `(H, W, 3)` uint8 RGB image and agreement with `caption` (image grammar)."""
-    from . import image_data as I
-
     spec = I.parse_caption(caption)
     pred = {"color": predict_color(image[None]), "shape": predict_shape(image[None]), "place": predict_place(image)}
     return {"caption": caption, **{f"pred_{k}": v for k, v in pred.items()},

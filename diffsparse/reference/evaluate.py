@@ -41,8 +41,13 @@ def strip(videos: List[np.ndarray], captions: List[str], every: int = 4, path: s
     cv2.imwrite(path, cv2.cvtColor(np.concatenate(rows, 0), cv2.COLOR_RGB2BGR))
 
 
+def rates_of(results: List[Dict]) -> Dict[str, float]:
+    """Agreement rates of checker results for colour, shape and motion."""
+    return {k: float(np.mean([r[f"{k}_ok"] for r in results])) for k in ("color", "shape", "motion")}
+
+
 def rates(results: List[Dict]) -> Dict[str, float]:
-    out = {k: float(np.mean([r[f"{k}_ok"] for r in results])) for k in ("color", "shape", "motion")}
+    out = rates_of(results)
     trans = [r for r in results if D.parse_caption(r["caption"]).motion in D.DIRECTIONS]
     if trans:
         out["motion_direction_only"] = float(np.mean([r["motion_ok"] for r in trans]))
@@ -108,8 +113,8 @@ def main(argv=None) -> None:
         "settings": {"frames": args.frames, "size": args.size, "steps": args.steps, "guidance": args.guidance},
         "heldout": {"n": len(res), **rates(res), "seconds_per_video": round(sec, 2)},
         "ground_truth_adjacent_ssim": float(np.mean([checker.adjacent_ssim(v) for v in gt])),
-        "ground_truth_through_vae": {k: float(np.mean([checker.check(through_vae(pipe.vae, v), s.caption)[f"{k}_ok"]
-                                                      for v, s in zip(gt, specs)])) for k in ("color", "shape", "motion")},
+        "ground_truth_through_vae": rates_of([checker.check(through_vae(pipe.vae, v), s.caption)
+                                              for v, s in zip(gt, specs)]),
         "samples": res,
     }
     if args.n_long:

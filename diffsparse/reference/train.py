@@ -131,18 +131,16 @@ def build_vae(cfg: Dict[str, Any]) -> SpaceToDepthVAE:
                            latents_std=[s for s in std for _ in range(per)])
 
 
-def batch(cfg: Dict[str, Any], step: int, rng: np.random.Generator):
-    """Deterministic batch for `step`: (video tensor (B,3,F,H,W) in [-1,1], captions)."""
-    vids, caps = [], []
+def batch(cfg: Dict[str, Any], step: int, rng: np.random.Generator, sample=D.sample, **size):
+    """Deterministic batch for `step` from a procedural `sample(index, seed=, height=, width=, **size)`:
+    (pixels channel-first in [-1, 1]: video (B, 3, F, H, W) or image (B, 3, H, W), captions with dropout)."""
+    pix, caps = [], []
     for j in range(cfg["batch_size"]):
-        v, c, _ = D.sample(step * cfg["batch_size"] + j, seed=cfg["seed"], num_frames=cfg["frames"],
-                           height=cfg["height"], width=cfg["width"])
-        if rng.random() < cfg["caption_dropout"]:
-            c = ""
-        vids.append(v)
-        caps.append(c)
-    x = torch.from_numpy(np.stack(vids)).float().permute(0, 4, 1, 2, 3) / 127.5 - 1.0
-    return x, caps
+        p, c, _ = sample(step * cfg["batch_size"] + j, seed=cfg["seed"], height=cfg["height"], width=cfg["width"],
+                         **size)
+        pix.append(p)
+        caps.append("" if rng.random() < cfg["caption_dropout"] else c)
+    return torch.from_numpy(np.stack(pix)).float().movedim(-1, 1) / 127.5 - 1.0, caps
 
 
 def sample_sigmas(n: int, cfg: Dict[str, Any], gen: torch.Generator) -> torch.Tensor:
@@ -154,7 +152,8 @@ def sample_sigmas(n: int, cfg: Dict[str, Any], gen: torch.Generator) -> torch.Te
 class Trainer:
     """Flow-matching loop shared by the reference models: EMA, AdamW with warm-up and cosine decay,
     resumable checkpoints, loss log. Subclasses say what the models are (`build`), how a batch becomes
-    (x0, model inputs) (`prepare`), how the transformer is called (`predict`) and what is shipped (`export`).
+    (x0, model inputs) (`prepare`), how the transformer is called (`predict`) and what is shipped
+    (`export_models`).
     This class is the video model (`WanTransformer3DModel` + tiny T5 + `SpaceToDepthVAE`)."""
 
     def __init__(self, cfg: Dict[str, Any], device: str = "cpu"):
@@ -167,9 +166,9 @@ class Trainer:
             m.to(self.device)
         self.vae.to(self.device)
         self.ema = {k: v.detach().clone() for k, v in self._named_params()}
-        lrs = {"transformer": cfg["lr"]}
-        self.opt = torch.optim.AdamW([
-            {"params": list(m.parameters()), "lr": lrs.get(name, cfg["text_lr"])} for name, m in self.modules.items()
+        self.opt = torch.optim.AdamW([  # text encoders take text_lr
+            {"params": list(m.parameters()), "lr": cfg["lr"] if name == "transformer" else cfg["text_lr"]}
+            for name, m in self.modules.items()
         ], betas=(0.9, 0.99), weight_decay=cfg["weight_decay"])
         self.base_lrs = [g["lr"] for g in self.opt.param_groups]
         self.step = 0
@@ -188,7 +187,7 @@ class Trainer:
 
     def prepare(self, step: int):
         """(x0 normalised latents, keyword inputs of the transformer other than hidden_states/timestep)."""
-        x, caps = batch(self.cfg, step, self.np_rng)
+        x, caps = batch(self.cfg, step, self.np_rng, num_frames=self.cfg["frames"])
         with torch.no_grad():
             x0 = self.vae.normalize(self.vae.encode(x.to(self.device)).latent_dist.mode())
         emb = encode(self.tokenizer, self.modules["text_encoder"], caps, self.cfg["text_len"])

@@ -22,7 +22,7 @@ import torch
 from . import image_data as I
 from .image_vae import SpaceToDepthImageVAE
 from .text import build_clip_text_encoder, build_text_encoder, build_tokenizer
-from .train import DEFAULTS, Trainer
+from .train import DEFAULTS, Trainer, batch
 
 IMAGE_DEFAULTS: Dict[str, Any] = {
     **deepcopy(DEFAULTS),
@@ -66,17 +66,6 @@ def build_flux_transformer(cfg: Dict[str, Any], latent_channels: int):
     )
 
 
-def image_batch(cfg: Dict[str, Any], step: int, rng: np.random.Generator):
-    """Deterministic batch for `step`: (images (B, 3, H, W) in [-1, 1], captions)."""
-    imgs, caps = [], []
-    for j in range(cfg["batch_size"]):
-        img, cap, _ = I.sample(step * cfg["batch_size"] + j, seed=cfg["seed"], height=cfg["height"],
-                               width=cfg["width"])
-        imgs.append(img)
-        caps.append("" if rng.random() < cfg["caption_dropout"] else cap)
-    return torch.from_numpy(np.stack(imgs)).float().permute(0, 3, 1, 2) / 127.5 - 1.0, caps
-
-
 class ImageTrainer(Trainer):
     def build(self) -> Dict[str, torch.nn.Module]:
         from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
@@ -98,7 +87,7 @@ class ImageTrainer(Trainer):
         return models
 
     def prepare(self, step: int):
-        x, caps = image_batch(self.cfg, step, self.np_rng)
+        x, caps = batch(self.cfg, step, self.np_rng, sample=I.sample)
         with torch.no_grad():
             z = self.vae.normalize(self.vae.encode(x.to(self.device)).latent_dist.mode())
         b, c, h, w = z.shape
