@@ -104,3 +104,22 @@ def test_shipped_video_pipeline_renders_offline(monkeypatch):
     assert video.shape == (9, 32, 32, 3) and np.isfinite(video).all()
     total = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(VIDEO_WEIGHTS) for f in fs)
     assert total < 50 * 2**20
+
+
+def test_mixed_sizes_and_warm_restart_schedule():
+    from diffsparse.reference.train import Trainer, batch, batch_geometry, load_config
+
+    cfg = load_config(None, {**TINY, "out": "/tmp/unused", "sizes": [[16, 16, 2], [32, 24, 1]]})
+    assert [batch_geometry(cfg, s) for s in range(3)] == [(16, 16, 2), (32, 24, 1), (16, 16, 2)]
+    x, caps = batch(cfg, 1, np.random.default_rng(0), num_frames=5)
+    assert x.shape == (1, 3, 5, 32, 24) and len(caps) == 1
+    a, _ = batch(cfg, 0, np.random.default_rng(0), num_frames=5)
+    b, _ = batch(cfg, 2, np.random.default_rng(0), num_frames=5)
+    assert not torch.equal(a, b)  # no repeated samples across steps of the same size
+    tr = Trainer({**cfg, "warmup": 10, "steps": 200, "schedule_start": 100})
+    tr.step = 100
+    assert tr.lr_scale() == pytest.approx(0.1)  # warm-up restarts at schedule_start
+    tr.step = 109
+    assert tr.lr_scale() == pytest.approx(1.0)
+    tr.step = 200
+    assert tr.lr_scale() == pytest.approx(0.1)  # cosine over the 100 restarted steps, to 10 %

@@ -19,7 +19,7 @@ import math
 import os
 import time
 from copy import deepcopy
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -40,6 +40,7 @@ DEFAULTS: Dict[str, Any] = {
     "lr": 5e-4,
     "text_lr": 5e-4,
     "warmup": 50,
+    "schedule_start": 0,
     "weight_decay": 0.0,
     "grad_clip": 1.0,
     "ema_decay": 0.995,
@@ -52,6 +53,7 @@ DEFAULTS: Dict[str, Any] = {
     "text_encoder": {"d_model": 64, "num_layers": 2, "num_heads": 2, "d_ff": 128},
     "transformer": {"num_attention_heads": 4, "attention_head_dim": 32, "ffn_dim": 512, "num_layers": 4,
                     "freq_dim": 256, "rope_max_seq_len": 1024},
+    "sizes": None,  # optional [[height, width, batch_size], ...] cycled per step (mixed-resolution training)
     "stats_samples": 256,
     "log_every": 10,
     "ckpt_every": 50,
@@ -131,13 +133,24 @@ def build_vae(cfg: Dict[str, Any]) -> SpaceToDepthVAE:
                            latents_std=[s for s in std for _ in range(per)])
 
 
+def batch_geometry(cfg: Dict[str, Any], step: int) -> Tuple[int, int, int]:
+    """(height, width, batch size) of `step`: the config's, or the `step % n`-th entry of its optional
+    `"sizes": [[h, w, batch], ...]` (mixed-resolution training, so the model also renders at those sizes)."""
+    sizes = cfg.get("sizes")
+    if sizes:
+        h, w, b = sizes[step % len(sizes)]
+        return int(h), int(w), int(b)
+    return cfg["height"], cfg["width"], cfg["batch_size"]
+
+
 def batch(cfg: Dict[str, Any], step: int, rng: np.random.Generator, sample=D.sample, **size):
     """Deterministic batch for `step` from a procedural `sample(index, seed=, height=, width=, **size)`:
     (pixels channel-first in [-1, 1]: video (B, 3, F, H, W) or image (B, 3, H, W), captions with dropout)."""
+    height, width, bs = batch_geometry(cfg, step)
+    stride = max([cfg["batch_size"]] + [int(s[2]) for s in cfg.get("sizes") or []])  # sample indices never repeat
     pix, caps = [], []
-    for j in range(cfg["batch_size"]):
-        p, c, _ = sample(step * cfg["batch_size"] + j, seed=cfg["seed"], height=cfg["height"], width=cfg["width"],
-                         **size)
+    for j in range(bs):
+        p, c, _ = sample(step * stride + j, seed=cfg["seed"], height=height, width=width, **size)
         pix.append(p)
         caps.append("" if rng.random() < cfg["caption_dropout"] else c)
     return torch.from_numpy(np.stack(pix)).float().movedim(-1, 1) / 127.5 - 1.0, caps
@@ -249,10 +262,12 @@ class Trainer:
         return True
 
     def lr_scale(self) -> float:
-        w, total = self.cfg["warmup"], self.cfg["steps"]
-        if self.step < w:
-            return (self.step + 1) / w
-        frac = (self.step - w) / max(total - w, 1)
+        # `schedule_start` > 0 is a warm restart for a fine-tune from a checkpoint: warm-up and cosine count from it
+        start = self.cfg.get("schedule_start", 0)
+        w, total, step = self.cfg["warmup"], self.cfg["steps"] - start, self.step - start
+        if step < w:
+            return (step + 1) / w
+        frac = (step - w) / max(total - w, 1)
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))  # cosine to 10 %
 
     def train_step(self) -> float:
@@ -263,6 +278,9 @@ class Trainer:
         s = sig.view(-1, *([1] * (x0.dim() - 1)))
         xt = (1 - s) * x0 + s * noise
         pred = self.predict(xt, sig, inputs)
+        # plain MSE on purpose: a loss weight that depends on the clean target (tried: extra weight on the
+        # object's latent blocks) moves the optimum off E[x0 | x_t] and drew oversized objects
+        # (eval/results/reference/design_runs/foreground_weight/)
         loss = F.mse_loss(pred.float(), (noise - x0).float())
         for g, base in zip(self.opt.param_groups, self.base_lrs):
             g["lr"] = base * self.lr_scale()
