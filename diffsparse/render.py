@@ -14,15 +14,17 @@ import torch
 from .api import disable_sparse_attention, enable_sparse_attention
 
 DEFAULT_MODEL_NOTE = (
-    "default model: diffsparse's shipped reference Wan (1.2 M-param transformer + tiny T5, trained 84 CPU-minutes "
-    "on procedural shapes at 64x64, 17 frames); it draws one object in the prompt's colour on the prompt's "
-    "background, follows motion only partly and shape hardly (eval/results/reference/)"
+    "default model: diffsparse's shipped reference Wan (1.2 M-param transformer + tiny T5, trained on procedural "
+    "shapes at 64x64, 17 frames, then fine-tuned at mixed 64x64 / 128x128; 122 CPU-minutes); it draws one object "
+    "in the prompt's colour on the prompt's background, follows motion about half the time and shape hardly "
+    "(eval/results/reference/)"
 )
 RANDOM_MODEL_NOTE = "default model: a tiny Wan transformer with RANDOM weights (reference weights not found)"
 
-#: render settings for the embedded model: its trained resolution, 2x its trained length, and a
-#: block small enough that its 8x8-token frames are more than one block
-EMBEDDED_DEFAULTS = {"frames": 33, "height": 64, "width": 64, "steps": 16, "block_size": 16}
+#: render settings for the embedded model: its larger trained resolution at 2x its trained length (2304 video
+#: tokens, where self-attention is about half of the transformer's time: eval/results/reference/), blocks of 64
+#: (a quarter of a 16x16-token frame)
+EMBEDDED_DEFAULTS = {"frames": 33, "height": 128, "width": 128, "steps": 16, "block_size": 64}
 #: render settings for a user's local checkpoint (Wan 480p)
 MODEL_DEFAULTS = {"frames": 33, "height": 480, "width": 832, "steps": 30, "block_size": None}
 

@@ -11,7 +11,8 @@
 
 The video model is a small `WanTransformer3DModel` with a tiny T5 text encoder and a linear (PCA)
 space-to-depth autoencoder (`vae.SpaceToDepthVAE`), trained with `diffsparse.reference.train` on the
-procedural captioned videos of `diffsparse.reference.data` at 64x64, 17 frames. The image model is a
+procedural captioned videos of `diffsparse.reference.data` at 64x64, 17 frames, then fine-tuned with
+batches alternating between 64x64 and 128x128 (`configs/reference_video_finetune.json`). The image model is a
 small `FluxTransformer2DModel` with tiny CLIP and T5 encoders and `image_vae.SpaceToDepthImageVAE`,
 trained on `image_data` stills at 128x128 (`train_image.py`). See `eval/results/reference/` and
 `eval/results/reference_image/` for the recipes and measured quality.
@@ -28,7 +29,7 @@ WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights"
 VIDEO_WEIGHTS = os.path.join(WEIGHTS_DIR, "video")
 IMAGE_WEIGHTS = os.path.join(WEIGHTS_DIR, "image")
 
-# what the model was trained at; RoPE lets it render other sizes and lengths (quality degrades away from these)
+# what the model was trained at (it was also fine-tuned at 128x128); RoPE lets it render other sizes and lengths (quality degrades away from these)
 VIDEO_DEFAULTS = {"num_frames": 17, "height": 64, "width": 64, "num_inference_steps": 20, "guidance_scale": 4.0}
 IMAGE_DEFAULTS = {"height": 128, "width": 128, "num_inference_steps": 20, "true_cfg_scale": 4.0, "negative_prompt": ""}
 
