@@ -117,3 +117,22 @@ def test_acceptance_metrics():
     assert A.psnr(steps, still) == pytest.approx(10 * np.log10(255**2 / (51**2 * 2 / 5)))
     p = A._paired([1, 0, 1, 1], [0, 0, 1, 0])
     assert (p["higher"], p["lower"], p["equal"]) == (2, 0, 2) and p["mean_diff"] == 0.5
+
+
+def test_memory_estimate_counts_parameters_and_tokens_exactly():
+    import math
+
+    import estimate_memory as E  # loras/ is on sys.path (above)
+    from diffusers import WanTransformer3DModel
+
+    import diffsparse
+
+    cfg = {"num_attention_heads": 2, "attention_head_dim": 12, "ffn_dim": 32, "num_layers": 2, "in_channels": 4,
+           "out_channels": 4, "text_dim": 16, "freq_dim": 16}
+    est = E.estimate(cfg, frames=17, height=96, width=160, rank=4)
+    assert est["parameters"] == sum(p.numel() for p in WanTransformer3DModel(**cfg).parameters())
+    assert est["video_tokens"] == math.prod(diffsparse.token_grid("wan", 17, 96, 160).dims)
+    assert est["lora_parameters"] == 2 * 4 * 4 * (24 + 24)
+    longer = E.estimate(cfg, frames=33, height=96, width=160, rank=4)
+    assert longer["checkpointed block inputs"] > est["checkpointed block inputs"]
+    assert longer["frozen weights"] == est["frozen weights"]
