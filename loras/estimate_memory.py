@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from typing import Dict
 
 import torch
@@ -33,15 +34,12 @@ PRESETS = {  # the public Diffusers configs' transformer sizes
 }
 
 
-def video_tokens(frames: int, height: int, width: int) -> int:
-    """Wan's latent grid: VAE 4x temporal (causal first frame) and 8x spatial, patch (1, 2, 2)."""
-    return ((frames - 1) // 4 + 1) * (height // 16) * (width // 16)
-
-
 def estimate(config: Dict, frames: int, height: int, width: int, rank: int, bytes_per: int = 2,
              work: int = 12) -> Dict[str, float]:
     """Bytes per term for batch size 1 (see the module docstring)."""
     from diffusers import WanTransformer3DModel
+
+    from diffsparse import token_grid
 
     cfg = {k: v for k, v in config.items() if not k.startswith("_")}
     with torch.device("meta"):
@@ -49,7 +47,7 @@ def estimate(config: Dict, frames: int, height: int, width: int, rank: int, byte
     n_params = sum(p.numel() for p in model.parameters())
     dim = cfg["num_attention_heads"] * cfg["attention_head_dim"]
     layers, ffn = cfg["num_layers"], cfg["ffn_dim"]
-    s = video_tokens(frames, height, width)
+    s = math.prod(token_grid("wan", frames, height, width).dims)  # the same latent grid the methods plan on
     lora = layers * 4 * rank * (dim + dim)  # A (r x dim) and B (dim x r) for q, k, v, o
     terms = {
         "frozen weights": n_params * bytes_per,

@@ -29,7 +29,8 @@ WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights"
 VIDEO_WEIGHTS = os.path.join(WEIGHTS_DIR, "video")
 IMAGE_WEIGHTS = os.path.join(WEIGHTS_DIR, "image")
 
-# what the model was trained at (it was also fine-tuned at 128x128); RoPE lets it render other sizes and lengths (quality degrades away from these)
+# what the model was trained at (it was also fine-tuned at 128x128); RoPE lets it render other sizes and lengths
+# (quality degrades away from these)
 VIDEO_DEFAULTS = {"num_frames": 17, "height": 64, "width": 64, "num_inference_steps": 20, "guidance_scale": 4.0}
 IMAGE_DEFAULTS = {"height": 128, "width": 128, "num_inference_steps": 20, "true_cfg_scale": 4.0, "negative_prompt": ""}
 
