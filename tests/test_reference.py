@@ -88,6 +88,22 @@ def test_training_writes_checkpoint_resumes_and_exports(tmp_path):
                  output_type="np").frames[0]
     assert video.shape == (5, 16, 16, 3)
 
+    # a fine-tune started from that exported folder (no checkpoint of its own) begins from its weights
+    from diffsparse.reference.train import Trainer, load_config
+
+    cfg = load_config(None, {**TINY, "out": str(tmp_path / "ft"), "init_from": str(out / "export"),
+                             "schedule_start": 3, "steps": 5, "vae": {"latent_channels": 8}, "stats_samples": 2})
+    tr = Trainer(cfg)
+    fresh = {k: v.clone() for k, v in tr.modules["transformer"].state_dict().items()}
+    tr.init_from(cfg["init_from"])
+    shipped = pipe.transformer.state_dict()
+    assert tr.step == 3 and all(torch.equal(v, shipped[k]) for k, v in tr.modules["transformer"].state_dict().items())
+    assert any(not torch.equal(v, shipped[k]) for k, v in fresh.items())  # the init actually changed something
+    assert all(torch.equal(tr.ema[f"transformer.{k}"], v) for k, v in tr.modules["transformer"].named_parameters())
+    assert torch.equal(tr.vae.basis, pipe.vae.basis) and torch.equal(tr.vae.center, pipe.vae.center)
+    tr.run()
+    assert tr.step == 5
+
 
 def test_shipped_video_pipeline_renders_offline(monkeypatch):
     from diffsparse.reference import VIDEO_WEIGHTS, available, load_pipeline

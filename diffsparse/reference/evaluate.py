@@ -5,6 +5,7 @@
 
 Writes `OUT/video_eval.json` (per-sample predictions, agreement rates, adjacent-frame SSIM of samples
 and of ground-truth clips, timings) and PNG strips (`OUT/samples_heldout.png`, `OUT/samples_long.png`).
+`--captions train` samples training captions instead (under the key "train", strip `samples_train.png`).
 """
 
 from __future__ import annotations
@@ -130,6 +131,9 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=1000)
     ap.add_argument("--tag", default="")
+    ap.add_argument("--captions", choices=("heldout", "train"), default="heldout",
+                    help="caption pool: held-out combinations (the acceptance set) or training captions (tells "
+                         "a model that has not learned a word from one that does not generalise it)")
     ap.add_argument("--sensitivity-only", action="store_true", help="print caption_sensitivity and exit")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -139,19 +143,20 @@ def main(argv=None) -> None:
     if args.sensitivity_only:
         print(json.dumps(sensitivity, indent=1))
         return
-    specs = D.held_out_specs()
+    specs = D.held_out_specs() if args.captions == "heldout" else D.train_specs()
     rng = np.random.default_rng(args.seed)
     specs = [specs[i] for i in rng.permutation(len(specs))][: args.n]
     res, vids, sec = run_set(pipe, specs, args.frames, args.size, args.size, args.steps, args.guidance, args.seed)
-    strip(vids[:12], [r["caption"] for r in res[:12]], path=os.path.join(args.out, f"samples_heldout{args.tag}.png"))
+    strip(vids[:12], [r["caption"] for r in res[:12]], path=os.path.join(args.out, f"samples_{args.captions}{args.tag}.png"))
     gt = [D.render_video(s, args.seed + i, num_frames=args.frames, height=args.size, width=args.size)
           for i, s in enumerate(specs)]
     report = {
         "command": "python -m diffsparse.reference.evaluate " + " ".join(argv or __import__("sys").argv[1:]),
         "weights": os.path.relpath(args.weights), "device": "cpu", "torch_threads": args.threads,
         "cpu": platform.processor() or platform.machine(),
-        "settings": {"frames": args.frames, "size": args.size, "steps": args.steps, "guidance": args.guidance},
-        "heldout": {"n": len(res), **rates(res), "seconds_per_video": round(sec, 2)},
+        "settings": {"frames": args.frames, "size": args.size, "steps": args.steps, "guidance": args.guidance,
+                     "captions": args.captions},
+        args.captions: {"n": len(res), **rates(res), "seconds_per_video": round(sec, 2)},
         "caption_sensitivity": sensitivity,
         "ground_truth_adjacent_ssim": float(np.mean([checker.adjacent_ssim(v) for v in gt])),
         "ground_truth_through_vae": rates_of([checker.check(through_vae(pipe.vae, v), s.caption)

@@ -53,6 +53,7 @@ DEFAULTS: Dict[str, Any] = {
     "text_encoder": {"d_model": 64, "num_layers": 2, "num_heads": 2, "d_ff": 128},
     "transformer": {"num_attention_heads": 4, "attention_head_dim": 32, "ffn_dim": 512, "num_layers": 4,
                     "freq_dim": 256, "rope_max_seq_len": 1024},
+    "init_from": None,  # optional exported weights folder a fine-tune starts from (when there is no checkpoint)
     "sizes": None,  # optional [[height, width, batch_size], ...] cycled per step (mixed-resolution training)
     "stats_samples": 256,
     "log_every": 10,
@@ -261,6 +262,19 @@ class Trainer:
         self.step, self.elapsed = state["step"], state.get("elapsed", 0.0)
         return True
 
+    def init_from(self, path: str) -> None:
+        """Start a fine-tune from an exported weights folder (`export`'s output, e.g. the shipped weights): its
+        (EMA) weights become both the trained weights and the EMA, its autoencoder replaces the freshly fitted
+        one, and the step counter starts at `schedule_start` so the data stream continues past what the
+        folder's model has seen. The optimiser starts fresh (a warm restart)."""
+        kw = {"local_files_only": True}
+        for name, m in self.modules.items():
+            src = type(m).from_pretrained(os.path.join(path, name), **kw)
+            m.load_state_dict(src.state_dict())
+        self.vae = type(self.vae).from_pretrained(os.path.join(path, "vae"), **kw).to(self.device)
+        self.ema = {k: v.detach().clone() for k, v in self._named_params()}
+        self.step = int(self.cfg.get("schedule_start", 0))
+
     def lr_scale(self) -> float:
         # `schedule_start` > 0 is a warm restart for a fine-tune from a checkpoint: warm-up and cosine count from it
         start = self.cfg.get("schedule_start", 0)
@@ -348,6 +362,9 @@ def main(argv: List[str] | None = None) -> None:
     cfg = load_config(args.config, {"out": args.out, "steps": args.steps})
     tr = trainer_for(cfg, args.device)
     resumed = tr.load() if (args.resume or args.export_only) else False
+    if not resumed and not args.export_only and cfg.get("init_from"):
+        tr.init_from(cfg["init_from"])
+        print(f"initialised from {cfg['init_from']} at step {tr.step}", flush=True)
     if args.export_only:
         if not resumed:
             raise SystemExit(f"no checkpoint at {tr.ckpt_path}")
