@@ -92,7 +92,7 @@ def test_training_writes_checkpoint_resumes_and_exports(tmp_path):
     from diffsparse.reference.train import Trainer, load_config
 
     cfg = load_config(None, {**TINY, "out": str(tmp_path / "ft"), "init_from": str(out / "export"),
-                             "schedule_start": 3, "steps": 5, "vae": {"latent_channels": 8}, "stats_samples": 2})
+                             "schedule_start": 3, "steps": 5, "stats_samples": 2})
     tr = Trainer(cfg)
     fresh = {k: v.clone() for k, v in tr.modules["transformer"].state_dict().items()}
     tr.init_from(cfg["init_from"])

@@ -179,7 +179,7 @@ class Trainer:
         for m in self.modules.values():
             m.to(self.device)
         self.vae.to(self.device)
-        self.ema = {k: v.detach().clone() for k, v in self._named_params()}
+        self.reset_ema()
         self.opt = torch.optim.AdamW([  # text encoders take text_lr
             {"params": list(m.parameters()), "lr": cfg["lr"] if name == "transformer" else cfg["text_lr"]}
             for name, m in self.modules.items()
@@ -228,6 +228,10 @@ class Trainer:
             for n, p in m.named_parameters():
                 yield f"{name}.{n}", p
 
+    def reset_ema(self) -> None:
+        """The EMA restarts at the current weights."""
+        self.ema = {k: v.detach().clone() for k, v in self._named_params()}
+
     def _params(self) -> List[torch.nn.Parameter]:
         return [p for m in self.modules.values() for p in m.parameters()]
 
@@ -272,7 +276,7 @@ class Trainer:
             src = type(m).from_pretrained(os.path.join(path, name), **kw)
             m.load_state_dict(src.state_dict())
         self.vae = type(self.vae).from_pretrained(os.path.join(path, "vae"), **kw).to(self.device)
-        self.ema = {k: v.detach().clone() for k, v in self._named_params()}
+        self.reset_ema()
         self.step = int(self.cfg.get("schedule_start", 0))
 
     def lr_scale(self) -> float:
