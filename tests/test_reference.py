@@ -139,3 +139,42 @@ def test_mixed_sizes_and_warm_restart_schedule():
     assert tr.lr_scale() == pytest.approx(1.0)
     tr.step = 200
     assert tr.lr_scale() == pytest.approx(0.1)  # cosine over the 100 restarted steps, to 10 %
+
+
+def test_compact_text_equals_padded_text_in_output_and_gradients():
+    """Training's shortcut (text + one padding key with a log-count bias) is the 512-padded layout's maths."""
+    from diffsparse.reference import compact_text
+    from diffsparse.reference.text import encode
+    from diffsparse.reference.train import Trainer, load_config
+
+    tr = Trainer(load_config(None, {**TINY, "out": "/tmp/unused", "text_len": 40}))
+    te, tf = tr.modules["text_encoder"], tr.modules["transformer"]
+    assert tr.text_bias is not None
+    caps = ["a red square moving left on a striped background, camera panning right", "", "a blue circle growing"]
+    x = torch.randn(3, tr.vae.config.z_dim, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([100.0, 500.0, 900.0])
+
+    def run(compact: bool):
+        tr.text_bias.bias = None
+        te.zero_grad(), tf.zero_grad()
+        if compact:
+            emb, tr.text_bias.bias = compact_text.compact_prompt_embeds(tr.tokenizer, te, caps, 40)
+            longest = len(tr.tokenizer(caps[0]).input_ids)  # 13 words + </s>
+            assert emb.shape[1] == longest + 1 and tr.text_bias.bias.shape == (3, 1, 1, longest + 1)
+        else:
+            emb = encode(tr.tokenizer, te, caps, 40)
+        out = tf(hidden_states=x, timestep=t, encoder_hidden_states=emb, return_dict=False)[0]
+        out.square().mean().backward()
+        grads = {n: p.grad.clone() for m in (te, tf) for n, p in m.named_parameters() if p.grad is not None}
+        return out.detach(), grads
+
+    (a, ga), (b, gb) = run(True), run(False)
+    assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+    assert ga.keys() == gb.keys() and len(ga) > 10
+    for n in ga:
+        assert torch.allclose(ga[n], gb[n], atol=1e-6, rtol=1e-3), n
+    # without the bias the short layout is a different model: the check above can fail
+    tr.text_bias.bias = None
+    emb, _ = compact_text.compact_prompt_embeds(tr.tokenizer, te, caps, 40)
+    c = tf(hidden_states=x, timestep=t, encoder_hidden_states=emb, return_dict=False)[0]
+    assert not torch.allclose(c, b, atol=1e-4)
