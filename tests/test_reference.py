@@ -178,3 +178,20 @@ def test_compact_text_equals_padded_text_in_output_and_gradients():
     emb, _ = compact_text.compact_prompt_embeds(tr.tokenizer, te, caps, 40)
     c = tf(hidden_states=x, timestep=t, encoder_hidden_states=emb, return_dict=False)[0]
     assert not torch.allclose(c, b, atol=1e-4)
+
+
+def test_evaluation_rates_by_motion_and_interval():
+    from diffsparse.reference.evaluate import rates, wilson_interval
+
+    caps = ["a red square growing on a plain background", "a red square moving up on a plain background"]
+    res = [{"caption": caps[i % 2], "color_ok": True, "shape_ok": False, "motion_ok": i % 2 == 0 or i == 1,
+            "adjacent_ssim": 0.5} for i in range(8)]
+    r = rates(res)
+    assert r["motion"] == 5 / 8 and r["motion_direction_only"] == 1 / 4
+    assert r["motion_by_kind"] == {"up": "1/4", "grow": "4/4"}
+    lo, hi = r["motion_ci95"]
+    assert 0 < lo < 5 / 8 < hi < 1
+    assert wilson_interval(21, 28) == pytest.approx([0.5664, 0.8732], abs=1e-4)  # textbook Wilson values
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0
+    a, b = wilson_interval(21, 28), wilson_interval(63, 84)
+    assert b[1] - b[0] < a[1] - a[0]  # more samples, narrower interval

@@ -1,7 +1,7 @@
 """Measure the reference video model on held-out captions with the OpenCV checker.
 
     python -m diffsparse.reference.evaluate [--weights DIR] [--out eval/results/reference] [--n 28]
-        [--steps 20] [--guidance 4.0] [--frames 17] [--long-frames 33] [--threads 1]
+        [--seeds-per-caption 1] [--steps 20] [--guidance 4.0] [--frames 17] [--long-frames 33] [--threads 1]
 
 Writes `OUT/video_eval.json` (per-sample predictions, agreement rates, adjacent-frame SSIM of samples
 and of ground-truth clips, timings) and PNG strips (`OUT/samples_heldout.png`, `OUT/samples_long.png`).
@@ -47,11 +47,24 @@ def rates_of(results: List[Dict]) -> Dict[str, float]:
     return {k: float(np.mean([r[f"{k}_ok"] for r in results])) for k in ("color", "shape", "motion")}
 
 
+def wilson_interval(k: int, n: int, z: float = 1.96) -> List[float]:
+    """95 % Wilson score interval of a rate of k successes in n samples (honest at small n and near 0 / 1)."""
+    if n == 0:
+        return [0.0, 1.0]
+    p, d = k / n, 1 + z * z / n
+    mid, half = (p + z * z / (2 * n)) / d, z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return [round(max(float(mid - half), 0.0), 4), round(min(float(mid + half), 1.0), 4)]
+
+
 def rates(results: List[Dict]) -> Dict[str, float]:
     out = rates_of(results)
-    trans = [r for r in results if D.parse_caption(r["caption"]).motion in D.DIRECTIONS]
+    motions = [D.parse_caption(r["caption"]).motion for r in results]
+    trans = [r for r, m in zip(results, motions) if m in D.DIRECTIONS]
     if trans:
         out["motion_direction_only"] = float(np.mean([r["motion_ok"] for r in trans]))
+    out["motion_ci95"] = wilson_interval(sum(r["motion_ok"] for r in results), len(results))
+    out["motion_by_kind"] = {m: f"{sum(r['motion_ok'] for r, mm in zip(results, motions) if mm == m)}/"
+                                f"{motions.count(m)}" for m in D.MOTIONS if m in motions}
     out["adjacent_ssim"] = float(np.mean([r["adjacent_ssim"] for r in results]))
     return out
 
@@ -130,6 +143,9 @@ def main(argv=None) -> None:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=1000)
+    ap.add_argument("--seeds-per-caption", type=int, default=1,
+                    help="render each of the n captions this many times (seeds seed+i over the whole list): "
+                         "the held-out pool is only 28 captions, so repeats narrow the rates' intervals")
     ap.add_argument("--tag", default="")
     ap.add_argument("--captions", choices=("heldout", "train"), default="heldout",
                     help="caption pool: held-out combinations (the acceptance set) or training captions (tells "
@@ -145,7 +161,7 @@ def main(argv=None) -> None:
         return
     specs = D.held_out_specs() if args.captions == "heldout" else D.train_specs()
     rng = np.random.default_rng(args.seed)
-    specs = [specs[i] for i in rng.permutation(len(specs))][: args.n]
+    specs = [specs[i] for i in rng.permutation(len(specs))][: args.n] * args.seeds_per_caption
     res, vids, sec = run_set(pipe, specs, args.frames, args.size, args.size, args.steps, args.guidance, args.seed)
     strip(vids[:12], [r["caption"] for r in res[:12]], path=os.path.join(args.out, f"samples_{args.captions}{args.tag}.png"))
     gt = [D.render_video(s, args.seed + i, num_frames=args.frames, height=args.size, width=args.size)
@@ -155,7 +171,7 @@ def main(argv=None) -> None:
         "weights": os.path.relpath(args.weights), "device": "cpu", "torch_threads": args.threads,
         "cpu": platform.processor() or platform.machine(),
         "settings": {"frames": args.frames, "size": args.size, "steps": args.steps, "guidance": args.guidance,
-                     "captions": args.captions},
+                     "captions": args.captions, "seeds_per_caption": args.seeds_per_caption},
         args.captions: {"n": len(res), **rates(res), "seconds_per_video": round(sec, 2)},
         "caption_sensitivity": sensitivity,
         "ground_truth_adjacent_ssim": float(np.mean([checker.adjacent_ssim(v) for v in gt])),
