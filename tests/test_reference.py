@@ -104,6 +104,18 @@ def test_training_writes_checkpoint_resumes_and_exports(tmp_path):
     tr.run()
     assert tr.step == 5
 
+    # sharpened cross-attention: the q/k gains are scaled at the start and stay fixed while the rest trains
+    cfg = {**cfg, "out": str(tmp_path / "sharp"), "cross_attn_gain": 2.0}
+    tr = Trainer(cfg)
+    tr.init_from(cfg["init_from"])
+    attn2 = tr.modules["transformer"].blocks[0].attn2
+    assert torch.allclose(attn2.norm_q.weight, 2 * pipe.transformer.blocks[0].attn2.norm_q.weight)
+    gains = [n.weight.clone() for n in tr._cross_attn_norms()]
+    before = attn2.to_q.weight.clone()
+    tr.run()
+    assert all(torch.equal(g, n.weight) for g, n in zip(gains, tr._cross_attn_norms()))
+    assert not torch.equal(before, attn2.to_q.weight)
+
 
 def test_shipped_video_pipeline_renders_offline(monkeypatch):
     from diffsparse.reference import VIDEO_WEIGHTS, available, load_pipeline
@@ -195,3 +207,26 @@ def test_evaluation_rates_by_motion_and_interval():
     assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0
     a, b = wilson_interval(21, 28), wilson_interval(63, 84)
     assert b[1] - b[0] < a[1] - a[0]  # more samples, narrower interval
+
+
+def test_diagnostics_text_share_and_direction_sensitivity_on_a_text_blind_model():
+    """With every text position mapped to one embedding the keys are all equal: attention is uniform, so the
+    text's share is exactly its length / 512, and the denoiser cannot tell a direction from its opposite."""
+    from diffsparse.reference import VIDEO_WEIGHTS, available, load_pipeline
+    from diffsparse.reference.diagnostics import direction_sensitivity, text_attention_share
+
+    if not available("video"):
+        pytest.skip(f"no shipped weights under {VIDEO_WEIGHTS}")
+    pipe = load_pipeline("video")
+    seeing = text_attention_share(pipe, sigmas=(0.95,), n=4)["sigma_0.95"]
+    with torch.no_grad():
+        pipe.transformer.condition_embedder.text_embedder.linear_2.weight.zero_()
+    blind = text_attention_share(pipe, sigmas=(0.95,), n=4)["sigma_0.95"]
+    assert len(blind) == len(pipe.transformer.blocks)
+    pool = D.train_specs()
+    specs = [pool[i] for i in np.random.default_rng(0).choice(len(pool), 4, replace=False)]
+    expected = np.mean([len(pipe.tokenizer(s.caption).input_ids) / 512 for s in specs])
+    assert blind == pytest.approx([expected] * len(blind), abs=1e-4)  # shares are rounded to 4 places
+    assert max(seeing) > 5 * expected  # the trained model does look at its prompt
+    ds = direction_sensitivity(pipe, sigmas=(0.9,))["sigma_0.9"]
+    assert ds["true"] == ds["opposite"] and ds["true"] > 0.05  # moves with the input's own motion, either way

@@ -22,6 +22,7 @@ import torch
 
 from . import checker
 from . import data as D
+from .diagnostics import direction_sensitivity, text_attention_share
 
 
 def strip(videos: List[np.ndarray], captions: List[str], every: int = 4, path: str = "strip.png") -> None:
@@ -174,6 +175,8 @@ def main(argv=None) -> None:
                      "captions": args.captions, "seeds_per_caption": args.seeds_per_caption},
         args.captions: {"n": len(res), **rates(res), "seconds_per_video": round(sec, 2)},
         "caption_sensitivity": sensitivity,
+        "text_attention_share": text_attention_share(pipe),
+        "direction_sensitivity": direction_sensitivity(pipe),
         "ground_truth_adjacent_ssim": float(np.mean([checker.adjacent_ssim(v) for v in gt])),
         "ground_truth_through_vae": rates_of([checker.check(through_vae(pipe.vae, v), s.caption)
                                               for v, s in zip(gt, specs)]),

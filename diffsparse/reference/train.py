@@ -56,6 +56,9 @@ DEFAULTS: Dict[str, Any] = {
     "transformer": {"num_attention_heads": 4, "attention_head_dim": 32, "ffn_dim": 512, "num_layers": 4,
                     "freq_dim": 256, "rope_max_seq_len": 1024},
     "init_from": None,  # optional exported weights folder a fine-tune starts from (when there is no checkpoint)
+    # optional factor for the cross-attention q/k RMSNorm gains at `init_from`, kept fixed in training (see
+    # `sharpen_cross_attention`); None leaves the gains as loaded and trainable
+    "cross_attn_gain": None,
     "sizes": None,  # optional [[height, width, batch_size], ...] cycled per step (mixed-resolution training)
     "stats_samples": 256,
     "log_every": 10,
@@ -181,6 +184,9 @@ class Trainer:
         for m in self.modules.values():
             m.to(self.device)
         self.vae.to(self.device)
+        if cfg.get("cross_attn_gain"):
+            for norm in self._cross_attn_norms():
+                norm.weight.requires_grad_(False)
         self.reset_ema()
         self.opt = torch.optim.AdamW([  # text encoders take text_lr
             {"params": list(m.parameters()), "lr": cfg["lr"] if name == "transformer" else cfg["text_lr"]}
@@ -284,8 +290,25 @@ class Trainer:
             src = type(m).from_pretrained(os.path.join(path, name), **kw)
             m.load_state_dict(src.state_dict())
         self.vae = type(self.vae).from_pretrained(os.path.join(path, "vae"), **kw).to(self.device)
+        if self.cfg.get("cross_attn_gain"):
+            self.sharpen_cross_attention(self.cfg["cross_attn_gain"])
         self.reset_ema()
         self.step = int(self.cfg.get("schedule_start", 0))
+
+    def _cross_attn_norms(self) -> List[torch.nn.Module]:
+        return [n for b in self.modules["transformer"].blocks for n in (b.attn2.norm_q, b.attn2.norm_k)]
+
+    @torch.no_grad()
+    def sharpen_cross_attention(self, gain: float) -> None:
+        """Multiply the cross-attention's q/k RMSNorm gains by `gain` (its logits by `gain**2`).
+
+        Why: Wan's query and key are RMS-normalised, so with these gains (~0.9) and 32-dim heads no text logit
+        can exceed the padding's by more than ~9, while the pipeline's 500 identical zero-padded positions act
+        as one key with +log(500) = +6.2. The trained model puts 80-99 % of its cross-attention on the padding
+        and reads only the colour word; the gains, which alone set this temperature, had stopped moving.
+        Larger gains give the text room to win; they stay fixed so the fine-tune cannot drift back."""
+        for norm in self._cross_attn_norms():
+            norm.weight.mul_(gain)
 
     def lr_scale(self) -> float:
         # `schedule_start` > 0 is a warm restart for a fine-tune from a checkpoint: warm-up and cosine count from it

@@ -1,0 +1,108 @@
+"""Why a reference video model does or does not follow a caption word: two probes of its denoiser.
+
+- `text_attention_share`: how much of each cross-attention's mass lands on the prompt's tokens rather
+  than on `WanPipeline`'s zero padding (all 500-odd padded positions share one key, an attention sink).
+- `direction_sensitivity`: how far the denoiser's clean-video estimate moves along the caption's
+  direction ("moving left/right/up/down"), with the true caption and with the opposite direction. A
+  model that reads its direction words moves further with the true one; one that does not moves the
+  same either way (it reads the motion off the noisy input only).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List
+
+import numpy as np
+import torch
+
+from . import checker
+from . import data as D
+from .text import encode
+
+OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
+
+
+def _clips(pipe, specs: List[D.Spec], seed: int) -> torch.Tensor:
+    """Normalised latents `(B, C, F', H', W')` of ground-truth clips of `specs` (17 frames, 64x64)."""
+    rng = np.random.default_rng(seed)
+    x = torch.from_numpy(np.stack([D.render_video(s, int(rng.integers(2**31))) for s in specs])).float()
+    return pipe.vae.normalize(pipe.vae.encode(x.movedim(-1, 1) / 127.5 - 1.0).latent_dist.mode())
+
+
+@torch.no_grad()
+def text_attention_share(pipe, sigmas=(0.95, 0.6), n: int = 8, seed: int = 0) -> Dict[str, List[float]]:
+    """Per sigma, per transformer block: the mean share (over heads, video queries and `n` training clips)
+    of cross-attention mass on the prompt's own tokens, the rest being on the padding."""
+    from diffusers.models.transformers.transformer_wan import _get_qkv_projections
+
+    rng = np.random.default_rng(seed)
+    pool = D.train_specs()
+    specs = [pool[i] for i in rng.choice(len(pool), n, replace=False)]
+    x0 = _clips(pipe, specs, seed)
+    tok = pipe.tokenizer([s.caption for s in specs], padding="max_length", max_length=512, return_tensors="pt")
+    text = tok.attention_mask.bool()  # (B, 512)
+    emb = encode(pipe.tokenizer, pipe.text_encoder, [s.caption for s in specs], 512)
+    shares: List[float] = []
+
+    def probe(attn, args):
+        q, k, _ = _get_qkv_projections(attn, args[0], args[1])
+        q = attn.norm_q(q).unflatten(2, (attn.heads, -1))
+        k = attn.norm_k(k).unflatten(2, (attn.heads, -1))
+        p = torch.einsum("bqhd,bkhd->bhqk", q, k).mul(q.shape[-1] ** -0.5).softmax(-1)
+        shares.append(float((p * text[:, None, None, :]).sum(-1).mean()))
+
+    hooks = [b.attn2.register_forward_pre_hook(probe) for b in pipe.transformer.blocks]
+    out = {}
+    try:
+        for i, sig in enumerate(sigmas):
+            noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed + i))
+            shares.clear()
+            pipe.transformer(hidden_states=(1 - sig) * x0 + sig * noise, timestep=torch.full((n,), sig * 1000.0),
+                             encoder_hidden_states=emb, return_dict=False)
+            out[f"sigma_{sig}"] = [round(s, 4) for s in shares]
+    finally:
+        for h in hooks:
+            h.remove()
+    return out
+
+
+def _displacement(video: np.ndarray) -> np.ndarray:
+    """(dx, dy) in pixels between the shape's mean position in the first and last quarter of the frames."""
+    pts = []
+    for f in video:
+        m = checker.shape_mask(f)
+        if m.sum() >= 5:
+            ys, xs = np.nonzero(m)
+            pts.append((xs.mean(), ys.mean()))
+    if len(pts) < 4:
+        return np.zeros(2)
+    k = max(1, len(pts) // 4)
+    return np.mean(pts[-k:], 0) - np.mean(pts[:k], 0)
+
+
+@torch.no_grad()
+def direction_sensitivity(pipe, sigmas=(0.98, 0.95, 0.9, 0.8), seed: int = 0) -> Dict[str, Dict[str, float]]:
+    """Per sigma: the mean displacement (fraction of the frame) of the denoiser's one-step clean estimate
+    along each clip's true direction, given the true caption and given the opposite direction's caption,
+    over 24 plain-background translation clips (3 colours x 2 shapes x 4 directions)."""
+    specs = [D.Spec(c, s, m, "plain") for c in ("red", "blue", "yellow") for s in ("square", "circle")
+             for m in D.DIRECTIONS]
+    x0 = _clips(pipe, specs, seed)
+    embs = {name: encode(pipe.tokenizer, pipe.text_encoder,
+                         [D.Spec(s.color, s.shape, OPPOSITE[s.motion] if flip else s.motion, "plain").caption
+                          for s in specs], 512)
+            for name, flip in (("true", False), ("opposite", True))}
+    out = {}
+    for i, sig in enumerate(sigmas):
+        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed + i))
+        xt = (1 - sig) * x0 + sig * noise
+        row = {}
+        for name, emb in embs.items():
+            v = pipe.transformer(hidden_states=xt, timestep=torch.full((len(specs),), sig * 1000.0),
+                                 encoder_hidden_states=emb, return_dict=False)[0]
+            video = pipe.vae.decode(pipe.vae.denormalize(xt - sig * v)).sample
+            frames = ((video.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 4, 1).numpy()
+            row[name] = round(float(np.mean([_displacement(f) @ np.array(D.DIRECTIONS[s.motion], float) / f.shape[2]
+                                             for s, f in zip(specs, frames)])), 4)
+        out[f"sigma_{sig}"] = row
+    return out
