@@ -152,6 +152,8 @@ def main(argv=None) -> None:
                     help="caption pool: held-out combinations (the acceptance set) or training captions (tells "
                          "a model that has not learned a word from one that does not generalise it)")
     ap.add_argument("--sensitivity-only", action="store_true", help="print caption_sensitivity and exit")
+    ap.add_argument("--probes-only", action="store_true",
+                    help="print caption_sensitivity, text_attention_share and direction_sensitivity and exit")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
@@ -159,6 +161,11 @@ def main(argv=None) -> None:
     sensitivity = caption_sensitivity(pipe)
     if args.sensitivity_only:
         print(json.dumps(sensitivity, indent=1))
+        return
+    probes = {"text_attention_share": text_attention_share(pipe), "direction_sensitivity": direction_sensitivity(pipe)}
+    if args.probes_only:
+        print(json.dumps({"weights": os.path.relpath(args.weights), "caption_sensitivity": sensitivity, **probes},
+                         indent=1))
         return
     specs = D.held_out_specs() if args.captions == "heldout" else D.train_specs()
     rng = np.random.default_rng(args.seed)
@@ -175,8 +182,7 @@ def main(argv=None) -> None:
                      "captions": args.captions, "seeds_per_caption": args.seeds_per_caption},
         args.captions: {"n": len(res), **rates(res), "seconds_per_video": round(sec, 2)},
         "caption_sensitivity": sensitivity,
-        "text_attention_share": text_attention_share(pipe),
-        "direction_sensitivity": direction_sensitivity(pipe),
+        **probes,
         "ground_truth_adjacent_ssim": float(np.mean([checker.adjacent_ssim(v) for v in gt])),
         "ground_truth_through_vae": rates_of([checker.check(through_vae(pipe.vae, v), s.caption)
                                               for v, s in zip(gt, specs)]),
