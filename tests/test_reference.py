@@ -1,5 +1,6 @@
 """The shipped reference models: data generator, text side, space-to-depth VAE, training loop, loader."""
 
+import json
 import os
 
 import numpy as np
@@ -115,6 +116,9 @@ def test_training_writes_checkpoint_resumes_and_exports(tmp_path):
     tr.run()
     assert all(torch.equal(g, n.weight) for g, n in zip(gains, tr._cross_attn_norms()))
     assert not torch.equal(before, attn2.to_q.weight)
+    # the exported folder does not record the local folder its VAE was loaded from
+    with open(os.path.join(tr.export(), "vae", "config.json")) as f:
+        assert "_name_or_path" not in json.load(f)
 
 
 def test_shipped_video_pipeline_renders_offline(monkeypatch):

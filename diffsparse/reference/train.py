@@ -168,6 +168,16 @@ def sample_sigmas(n: int, cfg: Dict[str, Any], gen: torch.Generator) -> torch.Te
     return s * u / (1 + (s - 1) * u)
 
 
+
+def _drop_source_path(config_path: str) -> None:
+    """Remove diffusers' `_name_or_path` (the local folder a module was loaded from) from a saved config."""
+    with open(config_path) as f:
+        config = json.load(f)
+    if config.pop("_name_or_path", None) is not None:
+        with open(config_path, "w") as f:
+            json.dump(config, f, indent=2, sort_keys=True)
+            f.write("\n")
+
 class Trainer:
     """Flow-matching loop shared by the reference models: EMA, AdamW with warm-up and cosine decay,
     resumable checkpoints, loss log. Subclasses say what the models are (`build`), how a batch becomes
@@ -232,6 +242,7 @@ class Trainer:
         for name, tok in self.tokenizers.items():
             tok.save_pretrained(os.path.join(path, name))
         self.vae.save_pretrained(os.path.join(path, "vae"), safe_serialization=True)
+        _drop_source_path(os.path.join(path, "vae", "config.json"))  # set when init_from loaded the VAE
         # a static shift (no resolution-dependent mu for FLUX): the one the model was trained with
         FlowMatchEulerDiscreteScheduler(shift=self.cfg["shift"], use_dynamic_shifting=False).save_config(
             os.path.join(path, "scheduler"))
