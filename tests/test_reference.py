@@ -234,3 +234,38 @@ def test_diagnostics_text_share_and_direction_sensitivity_on_a_text_blind_model(
     assert max(seeing) > 5 * expected  # the trained model does look at its prompt
     ds = direction_sensitivity(pipe, sigmas=(0.9,))["sigma_0.9"]
     assert ds["true"] == ds["opposite"] and ds["true"] > 0.05  # moves with the input's own motion, either way
+
+
+def test_frame_sigmas_noise_each_latent_frame_apart(tmp_path):
+    from diffsparse.reference.train import Trainer, load_config
+
+    cfg = load_config(None, {**TINY, "out": str(tmp_path / "fs"), "frame_sigma_prob": 1.0})
+    tr = Trainer(cfg)
+    x0, inputs = tr.prepare(0)
+    b, _, f, h, w = x0.shape
+    s, t = tr.frame_sigmas(x0)
+    assert s.shape == (b, 1, f, 1, 1) and t.shape == (b, f * (h // 2) * (w // 2))
+    assert all(len(set(row.tolist())) == f for row in s.view(b, f))  # every latent frame its own sigma
+    assert torch.equal(t.view(b, f, -1), s.view(b, f, 1).expand(b, f, (h // 2) * (w // 2)))  # frame-major tokens
+    # a per-token timestep that is the same everywhere is exactly the one-sigma path Wan's pipelines use
+    tm = tr.modules["transformer"].eval()
+    xt = torch.randn_like(x0)
+    one = torch.full((b,), 0.7)
+    with torch.no_grad():
+        ref = tr.predict(xt, one, inputs)
+        per_token = tr.predict(xt, one[:, None].expand_as(t).contiguous(), inputs)
+        other = tr.predict(xt, t, inputs)
+    assert torch.allclose(ref, per_token, atol=1e-5) and not torch.allclose(ref, other, atol=1e-3)
+    tm.train()
+    assert tr.train_step() > 0  # a whole step with per-frame noise
+
+    cfg0 = load_config(None, {**TINY, "out": str(tmp_path / "fs0")})
+    s0, t0 = Trainer(cfg0).frame_sigmas(x0)
+    assert t0.shape == (b,) and torch.equal(s0.view(b), t0)
+
+    with pytest.raises(ValueError, match="frame_sigma_prob must be a fraction"):
+        load_config(None, {"frame_sigma_prob": 1.5})
+    path = tmp_path / "image.json"
+    path.write_text(json.dumps({"kind": "image", "frame_sigma_prob": 0.5}))
+    with pytest.raises(ValueError, match="needs a video model"):
+        load_config(str(path))

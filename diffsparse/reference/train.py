@@ -60,6 +60,10 @@ DEFAULTS: Dict[str, Any] = {
     # `sharpen_cross_attention`); None leaves the gains as loaded and trainable
     "cross_attn_gain": None,
     "sizes": None,  # optional [[height, width, batch_size], ...] cycled per step (mixed-resolution training)
+    # fraction of video clips noised with an independent sigma per latent frame (a per-token timestep for Wan):
+    # a cleaner frame next to noisier ones leaves the caption's motion words as the cue for where the object
+    # goes, which a shared sigma hardly does (the noisy clip itself shows it). 0 = one sigma per clip
+    "frame_sigma_prob": 0.0,
     "stats_samples": 256,
     "log_every": 10,
     "ckpt_every": 50,
@@ -90,6 +94,11 @@ def load_config(path: str | None, overrides: Dict[str, Any] | None = None) -> Di
     for k, v in (overrides or {}).items():
         if v is not None:
             cfg[k] = v
+    p = cfg.get("frame_sigma_prob") or 0.0
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"frame_sigma_prob must be a fraction in [0, 1], got {p!r}")
+    if p and kind != "video":
+        raise ValueError(f"frame_sigma_prob={p!r} needs a video model (frames to noise apart); this config is {kind!r}")
     return cfg
 
 
@@ -330,12 +339,30 @@ class Trainer:
         frac = (step - w) / max(total - w, 1)
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))  # cosine to 10 %
 
+    def frame_sigmas(self, x0: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Noise levels for a video batch `x0` (B, C, F, H, W): (sigma broadcastable to x0, the timestep input
+        as sigma: (B,) when every clip has one sigma, else per token (B, F * H/ph * W/pw) as Wan takes it)."""
+        b, f = x0.shape[0], x0.shape[2]
+        sig = sample_sigmas(b, self.cfg, self.gen)
+        per_frame = sig[:, None].repeat(1, f)
+        mixed = torch.rand(b, generator=self.gen) < self.cfg.get("frame_sigma_prob", 0.0)
+        if not mixed.any():
+            return sig.view(b, 1, 1, 1, 1).to(self.device), sig.to(self.device)
+        per_frame[mixed] = sample_sigmas(int(mixed.sum()) * f, self.cfg, self.gen).view(-1, f)
+        _, ph, pw = self.modules["transformer"].config.patch_size
+        tokens_per_frame = (x0.shape[3] // ph) * (x0.shape[4] // pw)
+        per_token = per_frame.repeat_interleave(tokens_per_frame, dim=1)
+        return per_frame.view(b, 1, f, 1, 1).to(self.device), per_token.to(self.device)
+
     def train_step(self) -> float:
         cfg = self.cfg
         x0, inputs = self.prepare(self.step)
-        sig = sample_sigmas(x0.shape[0], cfg, self.gen).to(self.device)
+        if x0.dim() == 5 and cfg.get("frame_sigma_prob"):
+            s, sig = self.frame_sigmas(x0)
+        else:
+            sig = sample_sigmas(x0.shape[0], cfg, self.gen).to(self.device)
+            s = sig.view(-1, *([1] * (x0.dim() - 1)))
         noise = torch.randn(x0.shape, generator=self.gen).to(self.device)
-        s = sig.view(-1, *([1] * (x0.dim() - 1)))
         xt = (1 - s) * x0 + s * noise
         pred = self.predict(xt, sig, inputs)
         # plain MSE on purpose: a loss weight that depends on the clean target (tried: extra weight on the
