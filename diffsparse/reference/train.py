@@ -177,16 +177,6 @@ def sample_sigmas(n: int, cfg: Dict[str, Any], gen: torch.Generator) -> torch.Te
     return s * u / (1 + (s - 1) * u)
 
 
-
-def _drop_source_path(config_path: str) -> None:
-    """Remove diffusers' `_name_or_path` (the local folder a module was loaded from) from a saved config."""
-    with open(config_path) as f:
-        config = json.load(f)
-    if config.pop("_name_or_path", None) is not None:
-        with open(config_path, "w") as f:
-            json.dump(config, f, indent=2, sort_keys=True)
-            f.write("\n")
-
 class Trainer:
     """Flow-matching loop shared by the reference models: EMA, AdamW with warm-up and cosine decay,
     resumable checkpoints, loss log. Subclasses say what the models are (`build`), how a batch becomes
@@ -251,7 +241,6 @@ class Trainer:
         for name, tok in self.tokenizers.items():
             tok.save_pretrained(os.path.join(path, name))
         self.vae.save_pretrained(os.path.join(path, "vae"), safe_serialization=True)
-        _drop_source_path(os.path.join(path, "vae", "config.json"))  # set when init_from loaded the VAE
         # a static shift (no resolution-dependent mu for FLUX): the one the model was trained with
         FlowMatchEulerDiscreteScheduler(shift=self.cfg["shift"], use_dynamic_shifting=False).save_config(
             os.path.join(path, "scheduler"))
@@ -309,7 +298,12 @@ class Trainer:
         for name, m in self.modules.items():
             src = type(m).from_pretrained(os.path.join(path, name), **kw)
             m.load_state_dict(src.state_dict())
-        self.vae = type(self.vae).from_pretrained(os.path.join(path, "vae"), **kw).to(self.device)
+        src = type(self.vae).from_pretrained(os.path.join(path, "vae"), **kw)
+        # a fresh instance from the folder's config, without the `_name_or_path` diffusers records on loading:
+        # an export must not carry the local folder it was fine-tuned from
+        self.vae = type(self.vae).from_config({k: v for k, v in src.config.items() if k != "_name_or_path"})
+        self.vae.load_state_dict(src.state_dict())
+        self.vae.to(self.device)
         if self.cfg.get("cross_attn_gain"):
             self.sharpen_cross_attention(self.cfg["cross_attn_gain"])
         self.reset_ema()
@@ -340,28 +334,28 @@ class Trainer:
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))  # cosine to 10 %
 
     def frame_sigmas(self, x0: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Noise levels for a video batch `x0` (B, C, F, H, W): (sigma broadcastable to x0, the timestep input
-        as sigma: (B,) when every clip has one sigma, else per token (B, F * H/ph * W/pw) as Wan takes it)."""
-        b, f = x0.shape[0], x0.shape[2]
-        sig = sample_sigmas(b, self.cfg, self.gen)
-        per_frame = sig[:, None].repeat(1, f)
-        mixed = torch.rand(b, generator=self.gen) < self.cfg.get("frame_sigma_prob", 0.0)
+        """Noise levels for a batch `x0`: (sigma broadcastable to x0, the timestep input as sigma). One sigma per
+        clip gives (B,); with `frame_sigma_prob`, video clips (B, C, F, H, W) drawn for it get one sigma per latent
+        frame and the timestep is per token, (B, F * H/ph * W/pw), as Wan takes it."""
+        b = x0.shape[0]
+        sig = sample_sigmas(b, self.cfg, self.gen).to(self.device)
+        one_per_clip = (sig.view(-1, *([1] * (x0.dim() - 1))), sig)
+        if x0.dim() != 5 or not self.cfg.get("frame_sigma_prob"):
+            return one_per_clip
+        mixed = (torch.rand(b, generator=self.gen) < self.cfg["frame_sigma_prob"]).to(self.device)
         if not mixed.any():
-            return sig.view(b, 1, 1, 1, 1).to(self.device), sig.to(self.device)
-        per_frame[mixed] = sample_sigmas(int(mixed.sum()) * f, self.cfg, self.gen).view(-1, f)
+            return one_per_clip
+        f = x0.shape[2]
+        per_frame = sig[:, None].repeat(1, f)
+        per_frame[mixed] = sample_sigmas(int(mixed.sum()) * f, self.cfg, self.gen).to(self.device).view(-1, f)
         _, ph, pw = self.modules["transformer"].config.patch_size
-        tokens_per_frame = (x0.shape[3] // ph) * (x0.shape[4] // pw)
-        per_token = per_frame.repeat_interleave(tokens_per_frame, dim=1)
-        return per_frame.view(b, 1, f, 1, 1).to(self.device), per_token.to(self.device)
+        per_token = per_frame.repeat_interleave((x0.shape[3] // ph) * (x0.shape[4] // pw), dim=1)
+        return per_frame.view(b, 1, f, 1, 1), per_token
 
     def train_step(self) -> float:
         cfg = self.cfg
         x0, inputs = self.prepare(self.step)
-        if x0.dim() == 5 and cfg.get("frame_sigma_prob"):
-            s, sig = self.frame_sigmas(x0)
-        else:
-            sig = sample_sigmas(x0.shape[0], cfg, self.gen).to(self.device)
-            s = sig.view(-1, *([1] * (x0.dim() - 1)))
+        s, sig = self.frame_sigmas(x0)
         noise = torch.randn(x0.shape, generator=self.gen).to(self.device)
         xt = (1 - s) * x0 + s * noise
         pred = self.predict(xt, sig, inputs)
