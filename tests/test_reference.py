@@ -217,7 +217,7 @@ def test_diagnostics_text_share_and_direction_sensitivity_on_a_text_blind_model(
     """With every text position mapped to one embedding the keys are all equal: attention is uniform, so the
     text's share is exactly its length / 512, and the denoiser cannot tell a direction from its opposite."""
     from diffsparse.reference import VIDEO_WEIGHTS, available, load_pipeline
-    from diffsparse.reference.diagnostics import direction_sensitivity, text_attention_share
+    from diffsparse.reference.diagnostics import direction_rendering, direction_sensitivity, text_attention_share
 
     if not available("video"):
         pytest.skip(f"no shipped weights under {VIDEO_WEIGHTS}")
@@ -234,6 +234,28 @@ def test_diagnostics_text_share_and_direction_sensitivity_on_a_text_blind_model(
     assert max(seeing) > 5 * expected  # the trained model does look at its prompt
     ds = direction_sensitivity(pipe, sigmas=(0.9,))["sigma_0.9"]
     assert ds["true"] == ds["opposite"] and ds["true"] > 0.05  # moves with the input's own motion, either way
+    drawn = direction_rendering(pipe, n=2, steps=3)  # same seeds, blind to the word: the same clips for every word
+    assert all(drawn[w] == drawn["left"] for w in D.DIRECTIONS)
+
+
+def test_direction_rendering_reads_ground_truth_clips():
+    """On a 'pipeline' that returns the generator's own clip for the caption, the probe sees each word's sign,
+    its start on the opposite side and the checker agreeing."""
+    from types import SimpleNamespace
+
+    from diffsparse.reference.diagnostics import direction_rendering
+
+    def truth(prompt, num_frames, height, width, generator, **_):
+        seed = int(generator.initial_seed())
+        clip = D.render_video(D.parse_caption(prompt), seed, num_frames=num_frames, height=height, width=width)
+        return SimpleNamespace(frames=[clip.astype(np.float32) / 255.0])
+
+    drawn = direction_rendering(truth, n=4)
+    for word, (dx, dy) in D.DIRECTIONS.items():
+        d, st = np.array(drawn[word]["displacement_xy"]), np.array(drawn[word]["start_xy"])
+        assert d @ np.array([dx, dy]) > 0.25 and abs(d @ np.array([dy, dx])) < 0.05  # along the word, not across
+        assert (st - 0.5) @ np.array([dx, dy]) < -0.05  # starts on the side it moves away from
+        assert drawn[word]["checker"] == {word: 4}
 
 
 def test_frame_sigmas_noise_each_latent_frame_apart(tmp_path):
@@ -268,4 +290,63 @@ def test_frame_sigmas_noise_each_latent_frame_apart(tmp_path):
     path = tmp_path / "image.json"
     path.write_text(json.dumps({"kind": "image", "frame_sigma_prob": 0.5}))
     with pytest.raises(ValueError, match="needs a video model"):
+        load_config(str(path))
+
+
+@pytest.mark.parametrize("motion,pan", [("left", None), ("right", "left"), ("up", "right"), ("down", None)])
+def test_time_reversed_translation_is_the_opposite_caption(motion, pan):
+    spec = D.Spec("red", "square", motion, "striped" if pan else "plain", pan)
+    rev = D.time_reversed(spec)
+    assert rev.motion == D.OPPOSITE_DIRECTION[motion]
+    assert rev.pan == {"left": "right", "right": "left", None: None}[pan]
+    for seed in range(3):  # the checker, exact on ground truth, reads the backwards clip as the reversed caption
+        clip = D.render_video(spec, seed)[::-1]
+        assert checker.check(clip, rev.caption)["motion_ok"]
+        assert not checker.check(clip, spec.caption)["motion_ok"]
+    for other in ("bounce", "rotate", "grow"):
+        assert D.time_reversed(D.Spec("red", "square", other, "plain")) is None
+
+
+def test_direction_pairs_batch_and_shared_noise(tmp_path):
+    from diffsparse.reference.train import Trainer, batch, load_config
+
+    cfg = load_config(None, {**TINY, "out": str(tmp_path / "dp"), "direction_pairs": True, "batch_size": 8,
+                             "caption_dropout": 0.0})
+    paired = 0
+    for step in range(6):
+        pix, caps = batch(cfg, step, np.random.default_rng(0), num_frames=cfg["frames"])
+        specs = [D.parse_caption(c) for c in caps]
+        assert not any(D.is_held_out(s) for s in specs)  # pairing never shows a held-out combination
+        for j in range(1, 8, 2):
+            rev = D.time_reversed(specs[j - 1])
+            if rev is not None and not D.is_held_out(rev):
+                assert specs[j] == rev and torch.equal(pix[j], pix[j - 1].flip(1))  # (3, F, H, W): F reversed
+                paired += 1
+            else:
+                assert not torch.equal(pix[j], pix[j - 1].flip(1))
+    assert paired >= 6  # translations are 4 of 7 motions
+    tr = Trainer(cfg)
+    seen = {}
+    predict = tr.predict
+
+    def spy(xt, sigma, inputs):
+        seen["xt"], seen["sigma"] = xt.detach().clone(), sigma.detach().clone()
+        return predict(xt, sigma, inputs)
+
+    prepare = tr.prepare
+
+    def keep(step):
+        seen["p"] = prepare(step)
+        return seen["p"]
+
+    tr.prepare, tr.predict = keep, spy
+    assert tr.train_step() > 0
+    x0, sig = seen["p"][0], seen["sigma"]
+    s = sig.view(-1, 1, 1, 1, 1)
+    noise = (seen["xt"] - (1 - s) * x0) / s
+    assert torch.equal(sig[1::2], sig[0::2]) and not torch.equal(sig[0], sig[2])
+    assert torch.allclose(noise[1::2], noise[0::2], atol=1e-5) and not torch.allclose(noise[0], noise[2])
+    path = tmp_path / "image.json"
+    path.write_text(json.dumps({"kind": "image", "direction_pairs": True}))
+    with pytest.raises(ValueError, match="direction_pairs needs a video model"):
         load_config(str(path))

@@ -197,6 +197,21 @@ def render_video(spec: Spec, seed: int, num_frames: int = 17, height: int = 64, 
     return frames
 
 
+OPPOSITE_DIRECTION = {"left": "right", "right": "left", "up": "down", "down": "up"}
+
+
+def time_reversed(spec: Spec) -> Optional[Spec]:
+    """The spec whose clips are `spec`'s clips played backwards, or None where that is no caption of the grammar.
+
+    A translation backwards is the opposite translation (it starts on the side the forward clip ends on, as
+    `render_video` starts every translation), and a pan backwards is the opposite pan; bouncing, rotating and
+    growing have no reversed caption (growing backwards is shrinking)."""
+    if spec.motion not in OPPOSITE_DIRECTION:
+        return None
+    pan = {"left": "right", "right": "left"}.get(spec.pan) if spec.pan else None
+    return Spec(spec.color, spec.shape, OPPOSITE_DIRECTION[spec.motion], spec.background, pan)
+
+
 def sample(index: int, seed: int = 0, held_out: bool = False, **kwargs) -> Tuple[np.ndarray, str, Spec]:
     """The `index`-th sample of the stream with base `seed`: (video, caption, spec)."""
     pool = held_out_specs() if held_out else train_specs()

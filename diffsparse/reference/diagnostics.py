@@ -2,6 +2,9 @@
 
 - `text_attention_share`: how much of each cross-attention's mass lands on the prompt's tokens rather
   than on `WanPipeline`'s zero padding (all 500-odd padded positions share one key, an attention sink).
+- `direction_rendering`: what the sampler draws for each direction word: mean displacement (dx, dy) and
+  start position of the rendered object, and the checker's reading. Tells a model that reads a word's axis
+  but not its sign ("moving down" drawn moving up) from one that reads neither.
 - `direction_sensitivity`: how far the denoiser's clean-video estimate moves along the caption's
   direction ("moving left/right/up/down"), with the true caption and with the opposite direction. A
   model that reads its direction words moves further with the true one; one that does not moves the
@@ -105,4 +108,36 @@ def direction_sensitivity(pipe, sigmas=(0.98, 0.95, 0.9, 0.8), seed: int = 0) ->
             row[name] = round(float(np.mean([_displacement(f) @ np.array(D.DIRECTIONS[s.motion], float) / f.shape[2]
                                              for s, f in zip(specs, frames)])), 4)
         out[f"sigma_{sig}"] = row
+    return out
+
+
+def _start(video: np.ndarray) -> np.ndarray:
+    """Mean (x, y) of the shape over the first three frames, as fractions of the frame; NaN if not found."""
+    pts = [np.argwhere(m)[:, ::-1].mean(0) for m in (checker.shape_mask(f) for f in video[:3]) if m.sum() >= 5]
+    return np.mean(pts, 0) / np.array(video.shape[2:0:-1], float) if pts else np.full(2, np.nan)
+
+
+@torch.no_grad()
+def direction_rendering(pipe, n: int = 8, steps: int = 20, guidance: float = 4.0, size: int = 64,
+                        seed: int = 500) -> Dict[str, Dict[str, object]]:
+    """Per direction word: render `n` plain-background clips ("a <colour> <shape> moving <word>"; the same seeds
+    for every word) and report the object's mean displacement (dx, dy) and mean start (x, y), both as fractions
+    of the frame (y down), and how often the checker reads each motion. A model that reads the word's sign moves
+    left for "left" and right for "right"; one that reads only the axis moves the same way for both."""
+    combos = [(c, s) for c in ("red", "blue", "green", "yellow", "white") for s in D.SHAPES][:n]
+    out: Dict[str, Dict[str, object]] = {}
+    for word in D.DIRECTIONS:
+        disp, start, reads = [], [], []
+        for i, (c, s) in enumerate(combos):
+            v = pipe(prompt=D.Spec(c, s, word, "plain").caption, num_frames=17, height=size, width=size,
+                     num_inference_steps=steps, guidance_scale=guidance, output_type="np",
+                     generator=torch.Generator().manual_seed(seed + i)).frames[0]
+            v = (np.clip(v, 0, 1) * 255).round().astype(np.uint8)
+            disp.append(_displacement(v) / np.array([v.shape[2], v.shape[1]], float))
+            start.append(_start(v))
+            reads.append(str(checker.predict_motion(v)))
+        start_mean = np.nanmean(start, 0) if not np.isnan(start).all() else np.full(2, np.nan)
+        out[word] = {"displacement_xy": [round(float(x), 3) for x in np.mean(disp, 0)],
+                     "start_xy": [round(float(x), 3) for x in start_mean],
+                     "checker": {r: reads.count(r) for r in sorted(set(reads))}}
     return out

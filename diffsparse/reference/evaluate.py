@@ -22,7 +22,7 @@ import torch
 
 from . import checker
 from . import data as D
-from .diagnostics import direction_sensitivity, text_attention_share
+from .diagnostics import direction_rendering, direction_sensitivity, text_attention_share
 
 
 def strip(videos: List[np.ndarray], captions: List[str], every: int = 4, path: str = "strip.png") -> None:
@@ -153,7 +153,8 @@ def main(argv=None) -> None:
                          "a model that has not learned a word from one that does not generalise it)")
     ap.add_argument("--sensitivity-only", action="store_true", help="print caption_sensitivity and exit")
     ap.add_argument("--probes-only", action="store_true",
-                    help="print caption_sensitivity, text_attention_share and direction_sensitivity and exit")
+                    help="print caption_sensitivity, text_attention_share, direction_sensitivity and "
+                         "direction_rendering and exit")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
@@ -163,7 +164,8 @@ def main(argv=None) -> None:
         print(json.dumps(sensitivity, indent=1))
         return
     probes = {"text_attention_share": text_attention_share(pipe), "direction_sensitivity": direction_sensitivity(pipe)}
-    if args.probes_only:
+    if args.probes_only:  # plus what the sampler draws per direction word (32 renders, about a minute)
+        probes["direction_rendering"] = direction_rendering(pipe, steps=args.steps, guidance=args.guidance)
         print(json.dumps({"weights": os.path.relpath(args.weights), "caption_sensitivity": sensitivity, **probes},
                          indent=1))
         return

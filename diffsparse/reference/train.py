@@ -64,6 +64,11 @@ DEFAULTS: Dict[str, Any] = {
     # a cleaner frame next to noisier ones leaves the caption's motion words as the cue for where the object
     # goes, which a shared sigma hardly does (the noisy clip itself shows it). 0 = one sigma per clip
     "frame_sigma_prob": 0.0,
+    # pair every even batch row's translation clip with itself played backwards under the opposite direction word
+    # (and pan), noised with the same noise and sigma: the pair differs only in where the clip goes and in that
+    # word, so its gradient is about the word's sign, which the model reads least ("moving up" and "moving down"
+    # both drew upward motion, eval/results/reference/design_runs/direction_pairs/)
+    "direction_pairs": False,
     "stats_samples": 256,
     "log_every": 10,
     "ckpt_every": 50,
@@ -99,6 +104,8 @@ def load_config(path: str | None, overrides: Dict[str, Any] | None = None) -> Di
         raise ValueError(f"frame_sigma_prob must be a fraction in [0, 1], got {p!r}")
     if p and kind != "video":
         raise ValueError(f"frame_sigma_prob={p!r} needs a video model (frames to noise apart); this config is {kind!r}")
+    if cfg.get("direction_pairs") and kind != "video":
+        raise ValueError(f"direction_pairs needs a video model (clips to play backwards); this config is {kind!r}")
     return cfg
 
 
@@ -163,9 +170,14 @@ def batch(cfg: Dict[str, Any], step: int, rng: np.random.Generator, sample=D.sam
     (pixels channel-first in [-1, 1]: video (B, 3, F, H, W) or image (B, 3, H, W), captions with dropout)."""
     height, width, bs = batch_geometry(cfg, step)
     stride = max([cfg["batch_size"]] + [int(s[2]) for s in cfg.get("sizes") or []])  # sample indices never repeat
-    pix, caps = [], []
+    pix, caps, prev = [], [], None
     for j in range(bs):
-        p, c, _ = sample(step * stride + j, seed=cfg["seed"], height=height, width=width, **size)
+        rev = D.time_reversed(prev[1]) if cfg.get("direction_pairs") and j % 2 and prev is not None else None
+        if rev is not None and not D.is_held_out(rev):  # the even row's clip backwards, opposite direction word
+            p, c = prev[0][::-1].copy(), rev.caption
+        else:
+            p, c, spec = sample(step * stride + j, seed=cfg["seed"], height=height, width=width, **size)
+            prev = (p, spec)
         pix.append(p)
         caps.append("" if rng.random() < cfg["caption_dropout"] else c)
     return torch.from_numpy(np.stack(pix)).float().movedim(-1, 1) / 127.5 - 1.0, caps
@@ -357,6 +369,10 @@ class Trainer:
         x0, inputs = self.prepare(self.step)
         s, sig = self.frame_sigmas(x0)
         noise = torch.randn(x0.shape, generator=self.gen).to(self.device)
+        if cfg.get("direction_pairs"):  # each odd row shares its even neighbour's noise and sigma (see DEFAULTS)
+            n = x0.shape[0] // 2
+            for t in (s, sig, noise):
+                t[1 : 2 * n : 2] = t[0 : 2 * n : 2]
         xt = (1 - s) * x0 + s * noise
         pred = self.predict(xt, sig, inputs)
         # plain MSE on purpose: a loss weight that depends on the clean target (tried: extra weight on the
