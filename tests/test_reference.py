@@ -350,3 +350,42 @@ def test_direction_pairs_batch_and_shared_noise(tmp_path):
     path.write_text(json.dumps({"kind": "image", "direction_pairs": True}))
     with pytest.raises(ValueError, match="direction_pairs needs a video model"):
         load_config(str(path))
+
+
+@pytest.mark.parametrize("motion", ["left", "right", "up", "down"])
+def test_motion_trail_lies_behind_the_shape(motion):
+    spec = D.Spec("blue", "circle", motion, "plain")
+    plain, trailed = D.render_video(spec, 5), D.render_video(spec, 5, trail=3)
+    d = np.array(D.DIRECTIONS[motion], float)
+    for f in (0, 8, 16):
+        added = np.abs(trailed[f].astype(int) - plain[f].astype(int)).sum(-1) > 10  # where the trail was drawn
+        shape = checker.shape_mask(plain[f])
+        inner = shape
+        for _ in range(2):  # two pixels in from the mask's edge: past the anti-aliased rim
+            inner = inner & np.roll(inner, 1, 0) & np.roll(inner, -1, 0) & np.roll(inner, 1, 1) & np.roll(inner, -1, 1)
+        assert added.sum() > 20 and not (added & inner).any()  # the shape is drawn on top (only its AA rim blends)
+        ys, xs = np.nonzero(added)
+        sy, sx = np.nonzero(shape)
+        offset = np.array([xs.mean() - sx.mean(), ys.mean() - sy.mean()])
+        assert offset @ d < -2 and abs(offset @ d[::-1]) < 1  # behind the shape, along its path
+    assert checker.check(trailed, spec.caption)["motion_ok"]
+    grow = D.Spec("blue", "circle", "grow", "plain")
+    assert np.array_equal(D.render_video(grow, 5, trail=0), D.render_video(grow, 5))
+    assert D.render_video(grow, 5, num_frames=3, trail=4).shape == (3, 64, 64, 3)  # trail reaching back past size 0
+
+
+def test_motion_trail_config_is_checked(tmp_path):
+    from diffsparse.reference.train import Trainer, load_config
+
+    for bad in (-1, 1.5, "3"):
+        with pytest.raises(ValueError, match="motion_trail must be a whole number"):
+            load_config(None, {"motion_trail": bad})
+    with pytest.raises(ValueError, match="cannot be combined"):
+        load_config(None, {"motion_trail": 2, "direction_pairs": True})
+    path = tmp_path / "image.json"
+    path.write_text(json.dumps({"kind": "image", "motion_trail": 2}))
+    with pytest.raises(ValueError, match="needs a video model"):
+        load_config(str(path))
+    cfg = load_config(None, {**TINY, "out": str(tmp_path / "tr"), "motion_trail": 2, "caption_dropout": 0.0})
+    x0, _ = Trainer(cfg).prepare(0)  # the batch is drawn with the trail
+    assert x0.shape[0] == TINY["batch_size"]

@@ -148,8 +148,12 @@ def draw_shape(img: np.ndarray, shape: str, cx: float, cy: float, r: float, angl
         cv2.fillPoly(img, [pts], rgb, cv2.LINE_AA, 2)
 
 
-def render_video(spec: Spec, seed: int, num_frames: int = 17, height: int = 64, width: int = 64) -> np.ndarray:
-    """`(num_frames, height, width, 3)` uint8 RGB video for `spec`, deterministic in `seed`."""
+def render_video(spec: Spec, seed: int, num_frames: int = 17, height: int = 64, width: int = 64,
+                 trail: int = 0) -> np.ndarray:
+    """`(num_frames, height, width, 3)` uint8 RGB video for `spec`, deterministic in `seed`.
+
+    `trail` > 0 draws that many fading copies of the shape where it was 1.5, 3, ... frames earlier (a motion
+    trail, extrapolated before the first frame), so a single frame shows which way the shape is going."""
     rng = np.random.default_rng(seed)
     size = min(height, width)
     r0 = rng.uniform(0.11, 0.16) * size
@@ -171,9 +175,8 @@ def render_video(spec: Spec, seed: int, num_frames: int = 17, height: int = 64, 
     color = np.array(COLORS[spec.color], np.float64)
     color = np.clip(color * rng.uniform(0.9, 1.05), 0, 255)
 
-    frames = np.empty((num_frames, height, width, 3), np.uint8)
-    for f in range(num_frames):
-        t = f / max(num_frames - 1, 1)
+    def pose(t: float):
+        """(image x, image y, radius, angle, camera offset) of the shape at clip time t in [0, 1]."""
         cx, cy, r, ang = cx0, cy0, r0, angle0
         if spec.motion in DIRECTIONS:
             dx, dy = DIRECTIONS[spec.motion]
@@ -190,9 +193,23 @@ def render_video(spec: Spec, seed: int, num_frames: int = 17, height: int = 64, 
         if spec.pan:
             # camera moving right => world (background and shape) moves left in the image
             cam = (1 if spec.pan == "right" else -1) * pan_px * (t - 0.5)
+        return cx - cam, cy, r, ang, cam
+
+    frames = np.empty((num_frames, height, width, 3), np.uint8)
+    dt = 1.0 / max(num_frames - 1, 1)
+    for f in range(num_frames):
+        x, y, r, ang, cam = pose(f * dt)
         img = np.empty((height, width, 3), np.uint8)
         draw_background(img, spec.background, stripe_off - cam, stripe_period)
-        draw_shape(img, spec.shape, cx - cam, cy, r, ang, color)
+        for k in range(trail, 0, -1):  # oldest copy first, each fainter than the one after it
+            gx, gy, gr, gang, _ = pose((f - 1.5 * k) * dt)
+            if gr < 0.5:  # a growing shape extrapolated back past its start has no size
+                continue
+            ghost = img.copy()
+            draw_shape(ghost, spec.shape, gx, gy, gr, gang, color)
+            a = 0.45 * (1 - k / (trail + 1))
+            img = np.round(img * (1 - a) + ghost * a).astype(np.uint8)
+        draw_shape(img, spec.shape, x, y, r, ang, color)
         frames[f] = img
     return frames
 

@@ -69,6 +69,9 @@ DEFAULTS: Dict[str, Any] = {
     # word, so its gradient is about the word's sign, which the model reads least ("moving up" and "moving down"
     # both drew upward motion, eval/results/reference/design_runs/direction_pairs/)
     "direction_pairs": False,
+    # draw this many fading copies of the shape where it was 1.5, 3, ... frames earlier (`data.render_video`'s
+    # `trail`): a single frame then shows which way the shape goes, a cue local to the object like its colour
+    "motion_trail": 0,
     "stats_samples": 256,
     "log_every": 10,
     "ckpt_every": 50,
@@ -106,6 +109,14 @@ def load_config(path: str | None, overrides: Dict[str, Any] | None = None) -> Di
         raise ValueError(f"frame_sigma_prob={p!r} needs a video model (frames to noise apart); this config is {kind!r}")
     if cfg.get("direction_pairs") and kind != "video":
         raise ValueError(f"direction_pairs needs a video model (clips to play backwards); this config is {kind!r}")
+    trail = cfg.get("motion_trail") or 0
+    if not (isinstance(trail, int) and trail >= 0):
+        raise ValueError(f"motion_trail must be a whole number of trail copies >= 0, got {trail!r}")
+    if trail and kind != "video":
+        raise ValueError(f"motion_trail={trail!r} needs a video model; this config is {kind!r}")
+    if trail and cfg.get("direction_pairs"):
+        raise ValueError("motion_trail and direction_pairs cannot be combined: a clip played backwards has its "
+                         "trail ahead of the shape")
     return cfg
 
 
@@ -232,7 +243,8 @@ class Trainer:
 
     def prepare(self, step: int):
         """(x0 normalised latents, keyword inputs of the transformer other than hidden_states/timestep)."""
-        x, caps = batch(self.cfg, step, self.np_rng, num_frames=self.cfg["frames"])
+        trail = {"trail": self.cfg["motion_trail"]} if self.cfg.get("motion_trail") else {}
+        x, caps = batch(self.cfg, step, self.np_rng, num_frames=self.cfg["frames"], **trail)
         with torch.no_grad():
             x0 = self.vae.normalize(self.vae.encode(x.to(self.device)).latent_dist.mode())
         if self.text_bias is not None:  # same result as the padded text below, far fewer keys
