@@ -225,7 +225,7 @@ def time_reversed(spec: Spec) -> Optional[Spec]:
     growing have no reversed caption (growing backwards is shrinking)."""
     if spec.motion not in OPPOSITE_DIRECTION:
         return None
-    pan = {"left": "right", "right": "left"}.get(spec.pan) if spec.pan else None
+    pan = OPPOSITE_DIRECTION[spec.pan] if spec.pan else None  # pans are "left" / "right" too
     return Spec(spec.color, spec.shape, OPPOSITE_DIRECTION[spec.motion], spec.background, pan)
 
 

@@ -22,7 +22,6 @@ from . import checker
 from . import data as D
 from .text import encode
 
-OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
 
 
 def _clips(pipe, specs: List[D.Spec], seed: int) -> torch.Tensor:
@@ -69,14 +68,14 @@ def text_attention_share(pipe, sigmas=(0.95, 0.6), n: int = 8, seed: int = 0) ->
     return out
 
 
+def _centroids(video: np.ndarray) -> List[np.ndarray]:
+    """The shape's mean (x, y) in pixels in each frame where the checker finds at least 5 shape pixels."""
+    return [np.argwhere(m)[:, ::-1].mean(0) for m in map(checker.shape_mask, video) if m.sum() >= 5]
+
+
 def _displacement(video: np.ndarray) -> np.ndarray:
     """(dx, dy) in pixels between the shape's mean position in the first and last quarter of the frames."""
-    pts = []
-    for f in video:
-        m = checker.shape_mask(f)
-        if m.sum() >= 5:
-            ys, xs = np.nonzero(m)
-            pts.append((xs.mean(), ys.mean()))
+    pts = _centroids(video)
     if len(pts) < 4:
         return np.zeros(2)
     k = max(1, len(pts) // 4)
@@ -92,7 +91,7 @@ def direction_sensitivity(pipe, sigmas=(0.98, 0.95, 0.9, 0.8), seed: int = 0) ->
              for m in D.DIRECTIONS]
     x0 = _clips(pipe, specs, seed)
     embs = {name: encode(pipe.tokenizer, pipe.text_encoder,
-                         [D.Spec(s.color, s.shape, OPPOSITE[s.motion] if flip else s.motion, "plain").caption
+                         [D.Spec(s.color, s.shape, D.OPPOSITE_DIRECTION[s.motion] if flip else s.motion, "plain").caption
                           for s in specs], 512)
             for name, flip in (("true", False), ("opposite", True))}
     out = {}
@@ -113,7 +112,7 @@ def direction_sensitivity(pipe, sigmas=(0.98, 0.95, 0.9, 0.8), seed: int = 0) ->
 
 def _start(video: np.ndarray) -> np.ndarray:
     """Mean (x, y) of the shape over the first three frames, as fractions of the frame; NaN if not found."""
-    pts = [np.argwhere(m)[:, ::-1].mean(0) for m in (checker.shape_mask(f) for f in video[:3]) if m.sum() >= 5]
+    pts = _centroids(video[:3])
     return np.mean(pts, 0) / np.array(video.shape[2:0:-1], float) if pts else np.full(2, np.nan)
 
 

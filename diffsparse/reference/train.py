@@ -243,8 +243,8 @@ class Trainer:
 
     def prepare(self, step: int):
         """(x0 normalised latents, keyword inputs of the transformer other than hidden_states/timestep)."""
-        trail = {"trail": self.cfg["motion_trail"]} if self.cfg.get("motion_trail") else {}
-        x, caps = batch(self.cfg, step, self.np_rng, num_frames=self.cfg["frames"], **trail)
+        x, caps = batch(self.cfg, step, self.np_rng, num_frames=self.cfg["frames"],
+                        trail=self.cfg.get("motion_trail") or 0)
         with torch.no_grad():
             x0 = self.vae.normalize(self.vae.encode(x.to(self.device)).latent_dist.mode())
         if self.text_bias is not None:  # same result as the padded text below, far fewer keys
