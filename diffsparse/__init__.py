@@ -17,6 +17,7 @@ from .api import (
 from .calibration import ParoPlan, calibrate, load_plan
 from .flashblock import block_attention
 from .geometry import Grid
+from .preview import BlockLayout, block_layout
 from .handle import SparseHandle
 from .kernels import BlockIndex, block_scores, block_sparse_attention, build_block_index, merge_attention
 from .methods import list_methods
@@ -26,10 +27,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BlockIndex",
+    "BlockLayout",
     "Grid",
     "ParoPlan",
     "SparseHandle",
     "block_attention",
+    "block_layout",
     "block_scores",
     "block_sparse_attention",
     "build_block_index",

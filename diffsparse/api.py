@@ -8,14 +8,15 @@ from typing import Any, Iterator, List, Tuple
 
 import torch
 
-from .geometry import Grid, TokenSpans
+from .geometry import Grid
 from .handle import Settings, SparseHandle
 from .hooks import StepTrackerHook, install_hook, remove_hook
 from .kernels import BACKENDS, normalize_block_size
 from .methods import get_method
 from .parallel import check_parallel_support
 from .pipelines import find_adapter, supported_models
-from .plan import Plan, build_plan
+from .plan import Plan
+from .preview import plan_for
 
 logger = logging.getLogger("diffsparse")
 
@@ -226,9 +227,6 @@ def token_grid(family: str, frames: int, height: int, width: int) -> Grid:
 def preview_layout(
     method: str, grid: Grid, family: str = "wan", text_len: int = 0, block_size: Any = 128, **options: Any
 ) -> Plan:
-    """The plan `method` would run for one call on `grid` (+ `text_len` text tokens), without a model."""
-    instance = get_method(method)(family, **{k: v for k, v in options.items() if k not in _SHARED + _CACHE})
-    bq, bk = normalize_block_size(block_size)
-    order, vmask = instance.video_layout(grid, bq, bk)
-    spans = TokenSpans(grid, text_len, family == "flux")
-    return build_plan(order, vmask, spans, None, bq, bk)
+    """The plan `method` would run for one call on `grid` (+ `text_len` text tokens), without a model.
+    `diffsparse.block_layout` gives the same layout as a mask and token order."""
+    return plan_for(method, grid, family, text_len, block_size, **options)

@@ -136,6 +136,7 @@ def torch_load(path: str):
 
 def _show_mask(args: argparse.Namespace) -> int:
     from . import api
+    from .preview import block_layout
     from .viz import mask_image, save_png
 
     if args.layouts:
@@ -143,9 +144,9 @@ def _show_mask(args: argparse.Namespace) -> int:
 
     grid = api.token_grid(args.model_family, args.frames, args.height, args.width)
     opts = _parse_options(args.opt)
-    plan = api.preview_layout(args.method, grid, args.model_family, text_len=args.text_len, block_size=args.block_size, **opts)
-    mask = plan.index.mask[0, 0]
-    density = float(mask.float().mean())
+    layout = block_layout(args.method, grid, family=args.model_family, text_len=args.text_len,
+                          block_size=args.block_size, **opts)
+    mask, density = layout.mask, layout.density
     title = (f"{args.method} {args.model_family} {args.frames}x{args.height}x{args.width}px grid {grid.dims} "
              f"+{args.text_len} text, block {args.block_size}: density {density:.3f}")
     text_start = grid.numel // args.block_size if args.text_len else None

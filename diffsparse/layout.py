@@ -84,14 +84,15 @@ def interval_gap(a0: torch.Tensor, a1: torch.Tensor, b0: torch.Tensor, b1: torch
 def window_reaches(q0, q1, k0, k1, length: int, size: int, inward: bool) -> torch.Tensor:
     """Whether a query interval's windows reach a key interval along one axis.
 
-    A query at x sees keys `[x - (size-1)//2, x + size//2]` (clipped to [0, length)). With `inward`
-    the window is shifted inside the axis at the borders so it keeps its full size (FreeSwim/STA):
-    start = clamp(x - (size-1)//2, 0, length - size). Window starts grow by at most 1 per step of
+    A query at x sees keys `[x - size//2, x - size//2 + size - 1]` (NATTEN's neighbourhood; for
+    even sizes one more key before x than after), clipped to [0, length). With `inward` the window
+    is shifted inside the axis at the borders so it keeps its full size (NATTEN, FreeSwim, STA):
+    start = clamp(x - size//2, 0, length - size). Window starts grow by at most 1 per step of
     x, so the union over [q0, q1] is one interval [start(q0), start(q1) + size - 1].
     """
     if size >= length:
         return torch.ones(torch.broadcast_shapes(q0.shape, k0.shape), dtype=torch.bool, device=q0.device)
-    lo, hi = q0 - (size - 1) // 2, q1 - (size - 1) // 2
+    lo, hi = q0 - size // 2, q1 - size // 2
     if inward:
         lo, hi = lo.clamp(0, length - size), hi.clamp(0, length - size)
     return (k1 >= lo) & (k0 <= hi + size - 1)

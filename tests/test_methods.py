@@ -48,15 +48,17 @@ def radial_tokens(grid, decay, sink=True):
 @pytest.mark.parametrize("grid", [Grid(9, 3, 5), Grid(20, 1, 2)])
 @pytest.mark.parametrize("decay", [1.0, 0.3])
 @pytest.mark.parametrize("block", [(1, 1), (4, 4), (7, 5)])
-def test_radial_matches_definition(grid, decay, block):
-    _, mask = get_method("radial")("wan", decay_factor=decay).video_layout(grid, *block)
+def test_radial_paper_rule_matches_definition(grid, decay, block):
+    # band="paper", block_select="any": the paper's formula, every block holding an allowed pair
+    method = get_method("radial")("wan", decay_factor=decay, band="paper", block_select="any")
+    _, mask = method.video_layout(grid, *block)
     expect = blocks_from_tokens(radial_tokens(grid, decay), torch.arange(grid.numel), *block)
     assert torch.equal(mask[0], expect)
 
 
 def test_radial_band_halves_with_each_power_of_two_and_sink_and_near_frames():
     grid = Grid(17, 4, 8)  # s = 32 tokens per frame
-    _, mask = get_method("radial")("wan", decay_factor=1.0).video_layout(grid, 1, 1)
+    _, mask = get_method("radial")("wan", decay_factor=1.0, band="paper").video_layout(grid, 1, 1)
     m = mask[0].view(17, 32, 17, 32)
     q = 16  # last frame as query, looking back
     width = {d: m[q, :, q - d, :].sum(-1).float().max().item() for d in range(1, 17)}
@@ -69,7 +71,7 @@ def test_radial_band_halves_with_each_power_of_two_and_sink_and_near_frames():
         assert width[d] == 2 * 8 - 1
     for d in range(8, 16):
         assert width[d] == 2 * 4 - 1
-    no_sink = get_method("radial")("wan", decay_factor=1.0, attention_sink=False).video_layout(grid, 1, 1)[1][0]
+    no_sink = get_method("radial")("wan", decay_factor=1.0, band="paper", attention_sink=False).video_layout(grid, 1, 1)[1][0]
     assert not no_sink.view(17, 32, 17, 32)[q, :, 0].all()
 
 
@@ -82,7 +84,7 @@ def window_tokens(grid, tile, size, inward, unit):
     def reach(x, y, length, k):
         if k >= length:
             return True
-        lo = x - (k - 1) // 2
+        lo = x - k // 2  # NATTEN's neighbourhood: [x - k//2, x - k//2 + k - 1]
         if inward:
             lo = min(max(lo, 0), length - k)
         return lo <= y <= lo + k - 1

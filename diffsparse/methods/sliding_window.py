@@ -1,9 +1,11 @@
 """Sliding-window attention (static, local) over the 3D video grid or the 2D image grid.
 
 Tokens are reordered tile by tile (STA: tiles are the unit the kernel skips). The window is
-given either in tokens (`window`, NATTEN-style kernel size per axis) or in tiles
-(`window_tiles`, STA-style: a query tile attends the key tiles within the tile window). With
-`inward` (default, FreeSwim/STA) a window at a border is shifted inside so it keeps its size.
+given either in tokens (`window`, a NATTEN kernel size per axis: a query at x sees
+[x - k//2, x - k//2 + k - 1], odd or even k) or in tiles (`window_tiles`, STA: a query tile
+attends the key tiles within the tile window). With `inward` (default; NATTEN, STA, FreeSwim) a
+window at a border is shifted inside so it keeps its size; `inward=True` with a token window is
+NATTEN's neighbourhood attention (dilation 1).
 Tile-unit windows are exact per block; token windows are evaluated on each segment's coordinate
 box, exact for whole tiles and conservative (a superset) for partial ones.
 """
@@ -14,7 +16,9 @@ from ..geometry import clamp_tile, raster_coords, tile_coords, tile_major_order
 from ..layout import video_block_mask, window_reaches
 from .base import SparseMethod, boolean, extent, optional
 
-_VIDEO = {"tile": (2, 8, 8), "window_tiles": (3, 3, 3), "inward": True, "dense_layers": 1, "dense_steps": 0.25}
+# Video presets: FastVideo STA's setting (tiles of 6x8x8 tokens, a 3x3x3-tile window), which it ships for
+# HunyuanVideo (30x48x80) and Wan (18x48x80). Images: no anchor; 1x8x16 tiles, a 3x3-tile window.
+_VIDEO = {"tile": (6, 8, 8), "window_tiles": (3, 3, 3), "inward": True, "dense_layers": 1, "dense_steps": 0.25}
 
 
 class SlidingWindow(SparseMethod):
@@ -38,7 +42,7 @@ class SlidingWindow(SparseMethod):
         if (self.window is None) == (self.window_tiles is None):
             raise ValueError("sliding_window needs exactly one of 'window' (tokens) or 'window_tiles' (tiles)")
         if "tile" not in self.values:
-            self.values["tile"] = (2, 8, 8)
+            self.values["tile"] = _VIDEO["tile"]
         if "inward" not in self.values:
             self.values["inward"] = True
 
