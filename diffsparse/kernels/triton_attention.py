@@ -8,8 +8,10 @@ dK/dV per key tile walking the *transposed* list (the query blocks that read the
 
 Any layout block size works: a layout block of `bq` query rows is covered by tiles of
 `BLOCK_M = min(next_pow2(bq), cap)` rows (several tiles if bq > cap, masked rows if bq is not a
-power of two; cap 128, or 64 for fp32, wide heads and the backward); key blocks likewise. Head dims are padded to a power of two.
-Sequence ends are masked, so lengths need not be block multiples.
+power of two; on GPUs cap 128, or 64 for wide heads and the backward, 32 for fp32); key blocks
+likewise. Head dims are padded to a power of two (any width). Sequence ends are masked, so lengths
+need not be block multiples. `kernel_config` is the whole launch choice (tiles, warps, stages) as a
+pure function; `eval/aot_check.py` compiles every choice for sm_80 and sm_90 without a GPU.
 
 Math is in base 2 (`exp2`, scale folded with log2(e)) like the Triton fused-attention tutorial;
 the LSE handed back is in natural log. Rows that keep no block return out = 0 and lse = -inf.
@@ -38,18 +40,22 @@ def _pow2(x: int, lo: int = 16, hi: int = 128) -> int:
     return max(lo, min(hi, triton.next_power_of_2(x)))
 
 
-def _upcast(dtype: torch.dtype) -> bool:
-    return _interpreting() and dtype == torch.bfloat16
-
-
-def _launch_opts(block_m: int, device: torch.device) -> dict:
-    """Warps/stages: ignored by the interpreter; on GPUs 8 warps for 128-row tiles on Hopper, else 4,
-    and 3 pipeline stages for 128-wide tiles on Ampere and newer, 2 otherwise."""
+def _arch_major(device: torch.device):
+    """Compute capability major of the GPU a launch runs on; None under the interpreter or off CUDA."""
     if _interpreting() or device.type != "cuda":
+        return None
+    return torch.cuda.get_device_capability(device)[0]
+
+
+def _launch_opts(block_m: int, arch_major) -> dict:
+    """Warps/stages for compute capability major `arch_major` (None: interpreter/CPU, Triton's defaults):
+    8 warps for 128-row tiles, else 4, and 3 pipeline stages for 128-wide tiles on Ampere and newer,
+    2 otherwise. (4 warps on 128x128 tiles left ptxas ~40 KB of register spills per thread at D 128 on
+    sm_80; 8 warps spill nothing there or on sm_90: eval/aot_check.py.)"""
+    if arch_major is None:
         return {}
-    major = torch.cuda.get_device_capability(device)[0]
     big = block_m >= 128
-    return {"num_warps": 8 if (big and major >= 9) else 4, "num_stages": 3 if (big and major >= 8) else 2}
+    return {"num_warps": 8 if big else 4, "num_stages": 3 if (big and arch_major >= 8) else 2}
 
 
 @triton.jit
@@ -261,13 +267,39 @@ def _tiles(bq: int, bk: int, cap: int = 128):
     return block_m, block_n, -(-bq // block_m), -(-bk // block_n)
 
 
-def _tile_cap(dtype: torch.dtype, d_pad: int, backward: bool) -> int:
-    """Largest tile side that keeps the pipelined tiles in shared memory: 128 for 16-bit inputs with
-    head dims up to 128 (forward), 64 for fp32, wider heads and the backward (more live tiles)."""
-    if _interpreting():
+def _tile_cap(dtype: torch.dtype, d_pad: int, backward: bool, interpret=None) -> int:
+    """Largest tile side that keeps the pipelined tiles in shared memory and registers: 128 for 16-bit
+    inputs with head dims up to 128 (forward), 64 for wider heads and the backward (more live tiles),
+    32 for fp32 (its exact dots run on FMAs with operands in registers: 64-wide tiles spilled tens of
+    KB per thread, and 128-wide fp32 tiles at D 64 overflowed the A100's shared memory)."""
+    if _interpreting() if interpret is None else interpret:
         return 128
+    if dtype == torch.float32:
+        return 32
     wide = torch.tensor([], dtype=dtype).element_size() * d_pad > 256
     return 64 if (backward or wide) else 128
+
+
+def kernel_config(dtype: torch.dtype, head_dim: int, block_q: int, block_k: int, *, backward: bool = False,
+                  value_dim=None, quant: bool = False, arch_major=None, interpret=None) -> dict:
+    """The constexprs and launch options (num_warps/num_stages) of one launch: the dispatcher's whole choice.
+
+    `dtype`: the inputs' dtype (for INT8 QK, v's dtype; q/k are int8); `arch_major`: the GPU's compute
+    capability major (None: the interpreter/CPU, Triton's default warps/stages); `interpret`: default
+    from TRITON_INTERPRET. Pure, so `eval/aot_check.py` compiles exactly what `triton_forward` /
+    `triton_backward` launch. `backward` covers both backward kernels (dQ and dK/dV share it).
+    """
+    interpret = _interpreting() if interpret is None else interpret
+    dv = head_dim if value_dim is None else value_dim
+    cap = _tile_cap(dtype, _pow2(max(head_dim, dv), hi=1 << 30), backward, interpret)
+    block_m, block_n, tiles_m, tiles_n = _tiles(block_q, block_k, cap)
+    cfg = dict(BQ=block_q, BK=block_k, TILES_M=tiles_m, TILES_N=tiles_n, BLOCK_M=block_m, BLOCK_N=block_n,
+               D_PAD=_pow2(head_dim, hi=1 << 30), DV_PAD=_pow2(dv, hi=1 << 30))
+    if not backward:
+        cfg["QUANT"] = quant
+    cfg.update(FP32_IEEE=dtype == torch.float32, UPCAST=interpret and dtype == torch.bfloat16)
+    cfg.update(_launch_opts(block_m, None if interpret else arch_major))
+    return cfg
 
 
 def _csr_strides(counts: torch.Tensor, indices: torch.Tensor):
@@ -277,20 +309,12 @@ def _csr_strides(counts: torch.Tensor, indices: torch.Tensor):
     return cs, ist
 
 
-def triton_forward(q, k, v, counts, indices, block_q: int, block_k: int, scale: float, quant=None, poison: bool = False):
-    """Launch the forward kernel: q `(B,H,Sq,D)`, k/v `(B,H,Sk,D|Dv)` -> out `(B,H,Sq,Dv)`, lse fp32 `(B,H,Sq)`.
-
-    `quant`: None, or `(q_scale, k_scale)` fp32 `(B, H, nq|nk)` with q/k already int8 (INT8 QK).
-    `poison`: fill the outputs with NaN before the launch (tests: catches elements never written).
-    """
+def forward_launch(q, k, v, out, lse, counts, indices, block_q: int, block_k: int, scale: float, quant=None,
+                   arch_major=None):
+    """`(kernel, grid, args, kwargs)` of the forward launch on these tensors (any device, meta too)."""
     B, H, Sq, D = q.shape
     Sk, Dv = k.shape[2], v.shape[-1]
-    out = torch.empty(B, H, Sq, Dv, dtype=v.dtype if quant is not None else q.dtype, device=q.device)
-    lse = torch.empty(B, H, Sq, dtype=torch.float32, device=q.device)
-    if poison:
-        out.fill_(float("nan"))
-        lse.fill_(float("nan"))
-    block_m, block_n, tiles_m, tiles_n = _tiles(block_q, block_k, _tile_cap(v.dtype, _pow2(max(D, Dv), hi=1 << 30), False))
+    cfg = kernel_config(v.dtype, D, block_q, block_k, value_dim=Dv, quant=quant is not None, arch_major=arch_major)
     cs, ist = _csr_strides(counts, indices)
     if quant is None:
         qs = ks = lse  # unused pointers
@@ -298,24 +322,54 @@ def triton_forward(q, k, v, counts, indices, block_q: int, block_k: int, scale: 
     else:
         qs, ks = quant
         qss, kss = qs.stride(), ks.stride()
-    grid = (num_blocks(Sq, block_q) * tiles_m, B * H)
-    _fwd_kernel[grid](
-        q, k, v, out, lse, counts, indices, qs, ks,
-        *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse.stride(), *cs, *ist, *qss, *kss,
-        H, Sq, Sk, D, Dv, scale * LOG2E,
-        BQ=block_q, BK=block_k, TILES_M=tiles_m, TILES_N=tiles_n, BLOCK_M=block_m, BLOCK_N=block_n,
-        D_PAD=_pow2(D), DV_PAD=_pow2(Dv, hi=1 << 30), QUANT=quant is not None, FP32_IEEE=v.dtype == torch.float32,
-        UPCAST=_upcast(v.dtype),
-        **_launch_opts(block_m, q.device),
-    )
+    grid = (num_blocks(Sq, block_q) * cfg["TILES_M"], B * H)
+    args = (q, k, v, out, lse, counts, indices, qs, ks,
+            *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse.stride(), *cs, *ist, *qss, *kss,
+            H, Sq, Sk, D, Dv, scale * LOG2E)
+    return _fwd_kernel, grid, args, cfg
+
+
+def triton_forward(q, k, v, counts, indices, block_q: int, block_k: int, scale: float, quant=None, poison: bool = False):
+    """Launch the forward kernel: q `(B,H,Sq,D)`, k/v `(B,H,Sk,D|Dv)` -> out `(B,H,Sq,Dv)`, lse fp32 `(B,H,Sq)`.
+
+    `quant`: None, or `(q_scale, k_scale)` fp32 `(B, H, nq|nk)` with q/k already int8 (INT8 QK).
+    `poison`: fill the outputs with NaN before the launch (tests: catches elements never written).
+    """
+    B, H, Sq, D = q.shape
+    Dv = v.shape[-1]
+    out = torch.empty(B, H, Sq, Dv, dtype=v.dtype if quant is not None else q.dtype, device=q.device)
+    lse = torch.empty(B, H, Sq, dtype=torch.float32, device=q.device)
+    if poison:
+        out.fill_(float("nan"))
+        lse.fill_(float("nan"))
+    kernel, grid, args, kwargs = forward_launch(q, k, v, out, lse, counts, indices, block_q, block_k, scale, quant,
+                                                _arch_major(q.device))
+    kernel[grid](*args, **kwargs)
     return out, lse
+
+
+def backward_launches(q, k, v, dout, lse, delta, dq, dk, dv, counts, indices, t_counts, t_indices,
+                      block_q: int, block_k: int, scale: float, arch_major=None):
+    """`[(kernel, grid, args, kwargs)]` of the dQ and dK/dV launches (q/k/v/dout contiguous, lse/delta too)."""
+    B, H, Sq, D = q.shape
+    Sk, Dv = k.shape[2], v.shape[-1]
+    common = kernel_config(q.dtype, D, block_q, block_k, backward=True, value_dim=Dv, arch_major=arch_major)
+    strides = (*q.stride(), *k.stride(), *v.stride(), *dout.stride(), *lse.stride())
+    cs, ist = _csr_strides(counts, indices)
+    tcs, tist = _csr_strides(t_counts, t_indices)
+    # dq/dk/dv are empty_like(q/k/v): same strides as the inputs, so the input strides address them.
+    return [
+        (_bwd_dq_kernel, (num_blocks(Sq, block_q) * common["TILES_M"], B * H),
+         (q, k, v, dout, lse, delta, dq, counts, indices, *strides, *cs, *ist, H, Sq, Sk, D, Dv, scale), common),
+        (_bwd_dkdv_kernel, (num_blocks(Sk, block_k) * common["TILES_N"], B * H),
+         (q, k, v, dout, lse, delta, dk, dv, t_counts, t_indices, *strides, *tcs, *tist, H, Sq, Sk, D, Dv, scale),
+         common),
+    ]
 
 
 def triton_backward(q, k, v, out, lse, dout, counts, indices, t_counts, t_indices, block_q: int, block_k: int,
                     scale: float, poison: bool = False):
     """dq, dk, dv for the forward above; `t_counts`/`t_indices` are the transposed layout's CSR."""
-    B, H, Sq, D = q.shape
-    Sk, Dv = k.shape[2], v.shape[-1]
     dout = dout.contiguous()
     delta = (dout.float() * out.float()).sum(-1).contiguous()  # rowsum(dO * O), FlashAttention-2's D
     lse = lse.contiguous()
@@ -323,18 +377,10 @@ def triton_backward(q, k, v, out, lse, dout, counts, indices, t_counts, t_indice
     if poison:
         for t in (dq, dk, dv):
             t.fill_(float("nan"))
-    block_m, block_n, tiles_m, tiles_n = _tiles(block_q, block_k, _tile_cap(q.dtype, _pow2(max(D, Dv), hi=1 << 30), True))
-    common = dict(BQ=block_q, BK=block_k, TILES_M=tiles_m, TILES_N=tiles_n, BLOCK_M=block_m, BLOCK_N=block_n,
-                  D_PAD=_pow2(D), DV_PAD=_pow2(Dv, hi=1 << 30), FP32_IEEE=q.dtype == torch.float32,
-                  UPCAST=_upcast(q.dtype), **_launch_opts(block_m, q.device))
-    strides = (*q.stride(), *k.stride(), *v.stride(), *dout.stride(), *lse.stride())
-    cs, ist = _csr_strides(counts, indices)
-    # dq/dk/dv are empty_like(q/k/v): same strides as the inputs, so the input strides address them.
-    _bwd_dq_kernel[(num_blocks(Sq, block_q) * tiles_m, B * H)](
-        q, k, v, dout, lse, delta, dq, counts, indices, *strides, *cs, *ist, H, Sq, Sk, D, Dv, scale, **common)
-    tcs, tist = _csr_strides(t_counts, t_indices)
-    _bwd_dkdv_kernel[(num_blocks(Sk, block_k) * tiles_n, B * H)](
-        q, k, v, dout, lse, delta, dk, dv, t_counts, t_indices, *strides, *tcs, *tist, H, Sq, Sk, D, Dv, scale, **common)
+    for kernel, grid, args, kwargs in backward_launches(q, k, v, dout, lse, delta, dq, dk, dv, counts, indices,
+                                                        t_counts, t_indices, block_q, block_k, scale,
+                                                        _arch_major(q.device)):
+        kernel[grid](*args, **kwargs)
     return dq, dk, dv
 
 

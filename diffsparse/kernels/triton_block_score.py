@@ -56,22 +56,35 @@ def _mass_kernel(
         tl.store(OUT + b * sob + h * soh + qb * soq + kb * sok, total)
 
 
+def mass_config(dtype: torch.dtype, head_dim: int, bq: int, bk: int, gpu: bool) -> dict:
+    """Constexprs of one `_mass_kernel` launch (Triton's default warps/stages); `gpu`: runs compiled on a GPU."""
+    block_m = max(16, min(64, triton.next_power_of_2(bq)))
+    block_n = max(16, min(64, triton.next_power_of_2(bk)))
+    return dict(
+        BQ=bq, BK=bk, BLOCK_M=block_m, BLOCK_N=block_n, TILES_M=-(-bq // block_m), TILES_N=-(-bk // block_n),
+        D_PAD=max(16, triton.next_power_of_2(head_dim)),
+        # fp32 inputs may use TF32 on GPU: masses only rank blocks. The CPU interpreter cannot
+        # multiply bf16 (it reads the bit patterns as integers), so upcast there.
+        UPCAST=dtype == torch.bfloat16 and not gpu,
+    )
+
+
+def mass_launch(q, k, lse, out, bq: int, bk: int, scale: float, gpu=None):
+    """`(kernel, grid, args, kwargs)` of the launch on these tensors (any device, meta too; `gpu` default q.is_cuda)."""
+    B, H, Sq, D = q.shape
+    Sk = k.shape[2]
+    nq, nk = num_blocks(Sq, bq), num_blocks(Sk, bk)
+    cfg = mass_config(q.dtype, D, bq, bk, q.is_cuda if gpu is None else gpu)
+    args = (q, k, lse, out, *q.stride(), *k.stride(), *lse.stride(), *out.stride(), H, Sq, Sk, D, nk, scale)
+    return _mass_kernel, (nq, B * H), args, cfg
+
+
 def triton_block_mass(q, k, lse, bq: int, bk: int, scale: float) -> torch.Tensor:
     """Exact block masses `(B, H, nq, nk)` fp32 from q `(B,H,Sq,D)`, k `(B,H,Sk,D)` and row lse `(B,H,Sq)`."""
     B, H, Sq, D = q.shape
     Sk = k.shape[2]
     nq, nk = num_blocks(Sq, bq), num_blocks(Sk, bk)
     out = torch.empty(B, H, nq, nk, dtype=torch.float32, device=q.device)
-    block_m = max(16, min(64, triton.next_power_of_2(bq)))
-    block_n = max(16, min(64, triton.next_power_of_2(bk)))
-    lse = lse.float()
-    _mass_kernel[(nq, B * H)](
-        q, k, lse, out, *q.stride(), *k.stride(), *lse.stride(), *out.stride(),
-        H, Sq, Sk, D, nk, scale,
-        BQ=bq, BK=bk, BLOCK_M=block_m, BLOCK_N=block_n, TILES_M=-(-bq // block_m), TILES_N=-(-bk // block_n),
-        D_PAD=max(16, triton.next_power_of_2(D)),
-        # fp32 inputs may use TF32 on GPU: masses only rank blocks. The CPU interpreter cannot
-        # multiply bf16 (it reads the bit patterns as integers), so upcast there.
-        UPCAST=q.dtype == torch.bfloat16 and not q.is_cuda,
-    )
+    kernel, grid, args, kwargs = mass_launch(q, k, lse.float(), out, bq, bk, scale)
+    kernel[grid](*args, **kwargs)
     return out
