@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from typing import Any, Iterator, List, Tuple
 
 import torch
@@ -58,6 +59,21 @@ def _validate_shared(opts: dict, has_scheduler: bool) -> Settings:
     if opts["backend"] not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {opts['backend']!r}")
     return Settings(ds, dl, normalize_block_size(opts["block_size"]), opts["backend"])
+
+
+def _check_backend(settings: Settings, method: Any, transformers: List[torch.nn.Module]) -> None:
+    """Refuse a backend this machine or this configuration cannot run, before the model is touched."""
+    from .dynamic import DynamicMethod
+
+    if settings.backend == "triton" and not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError("backend='triton' needs a CUDA GPU (our Triton kernels compile for NVIDIA GPUs) and this "
+                         "machine has none; use backend='auto' (our CPU path here) or 'torch'")
+    on_cpu = all(p.device.type == "cpu" for t in transformers for p in t.parameters())
+    needs_lse = settings.cache is not None or isinstance(method, DynamicMethod)
+    if settings.backend == "flex" and on_cpu and needs_lse and not torch.cuda.is_available():
+        what = f"cache={settings.cache!r}" if settings.cache else f"method {method.name!r}"
+        raise ValueError(f"backend='flex' on CPU cannot run {what}: torch's compiled FlexAttention has no log-sum-exp "
+                         "on CPU; use backend='auto' or 'torch'")
 
 
 def _validate_cache(options: dict, settings: Settings) -> None:
@@ -124,6 +140,7 @@ def enable_sparse_attention(pipe: Any, method: str = "radial", **options: Any) -
     shared.update(explicit)
     settings = _validate_shared(shared, has_scheduler)
     _validate_cache({k: options[k] for k in _CACHE if k in options}, settings)
+    _check_backend(settings, instance, transformers)
 
     modules: List[Tuple[torch.nn.Module, Any]] = []
     for t in transformers:

@@ -78,6 +78,7 @@ class SparseHandle:
     _slots: CallSlots = field(default_factory=CallSlots, repr=False)
     _engine: Optional[DynamicEngine] = field(default=None, repr=False)
     _flashblock: Optional[FlashBlockCache] = field(default=None, repr=False)
+    _flex: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.settings.cache == "flashblock":
@@ -133,6 +134,16 @@ class SparseHandle:
             order, vmask = self.video_layout(spans.grid)
             self._plans[key] = build_plan(order, vmask, spans, key_text, bq, bk).to(device)
         return self._plans[key]
+
+    def flex_fn(self) -> Any:
+        """The compiled FlexAttention this handle runs with `backend="flex"` (made once), else None."""
+        if self.settings.backend != "flex":
+            return None
+        if self._flex is None:
+            from .kernels.flex import compiled_flex_attention
+
+            self._flex = compiled_flex_attention()
+        return self._flex
 
     # ---------------------------------------------------------------- execution
     def attend(
@@ -215,7 +226,7 @@ class SparseHandle:
     def _execute(self, layer, slot, spans, key_text, plan: Plan, q, k, v, quantize: Optional[str]) -> torch.Tensor:
         """Run a plan, through the FlashBlock residual cache when it is on."""
         if self._flashblock is None:
-            return run_plan(plan, q, k, v, self.settings.backend, quantize)
+            return run_plan(plan, q, k, v, self.settings.backend, quantize, self.flex_fn())
         kt = None if key_text is None else tuple(key_text.tolist())
         return self._flashblock.run(
             layer, (layer, slot, spans, kt, q.shape[0]), plan, q, k, v,
@@ -348,8 +359,10 @@ class SparseHandle:
 
 
 def run_plan(
-    plan: Plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "auto", quantize: Optional[str] = None
+    plan: Plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "auto", quantize: Optional[str] = None,
+    flex_fn: Any = None,
 ) -> torch.Tensor:
     """Execute a plan on q/k/v `(B, S, H, D)` in model order; returns `(B, S, H, D)` in model order."""
     qh, kh, vh = plan.gather(q, k, v)
-    return plan.scatter(block_sparse_attention(qh, kh, vh, plan.index, backend=backend, quantize=quantize))
+    out = block_sparse_attention(qh, kh, vh, plan.index, backend=backend, quantize=quantize, flex_fn=flex_fn)
+    return plan.scatter(out)

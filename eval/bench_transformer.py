@@ -1,11 +1,16 @@
 """End-to-end denoiser timing: dense vs sparse methods on one Wan transformer, ratios from one run.
 
-Random weights (speed does not depend on them). The default configuration is small enough for a
-2-core CPU yet attention-dominated (many tokens, narrow model), so it shows what sparsity buys.
-Every method runs with dense_steps=0 and dense_layers=0 (steady-state sparse steps); the printed
-density is the fraction of attention blocks computed.
+Random weights (speed does not depend on them). Every method runs with dense_steps=0 and
+dense_layers=0 (steady-state sparse steps); the printed density is the fraction of attention
+blocks computed. `attn share` f is the share of the stock model's time spent in its
+self-attention modules, and `bound` = 1/((1-f) + f*density) the speed-up a kernel whose cost is
+exactly proportional to the computed blocks would give; `of bound` is the fraction we reach.
+Methods run at their family presets (Wan) for the given grid; all timings interleave the
+methods round by round and report the best round (spread = slowest / best).
 
-    python eval/bench_transformer.py                       # CPU default
+    python eval/bench_transformer.py                       # CPU: Wan 480p tokens, 2 heads x 128, 1 layer
+    python eval/bench_transformer.py --frames 13 --height 40 --width 64 --heads 4 --head-dim 64 \
+        --ffn 512 --layers 2                               # a small, fast configuration
     python eval/bench_transformer.py --frames 21 --height 60 --width 104 --heads 12 --head-dim 128 \
         --layers 30 --device cuda --dtype bf16             # Wan2.1-1.3B at 480p, 81 frames
     torchrun --nproc_per_node 8 eval/bench_transformer.py --ulysses 8 --device cuda --dtype bf16 \
@@ -87,73 +92,90 @@ def setup_parallel(args) -> int:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--frames", type=int, default=13, help="latent frames")
-    p.add_argument("--height", type=int, default=40, help="latent height (tokens = height/2)")
-    p.add_argument("--width", type=int, default=64, help="latent width (tokens = width/2)")
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--head-dim", type=int, default=64)
-    p.add_argument("--ffn", type=int, default=512)
-    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--frames", type=int, default=21, help="latent frames (21 = 81 video frames)")
+    p.add_argument("--height", type=int, default=60, help="latent height (tokens = height/2; 60 = 480 px)")
+    p.add_argument("--width", type=int, default=104, help="latent width (tokens = width/2; 104 = 832 px)")
+    p.add_argument("--heads", type=int, default=2)
+    p.add_argument("--head-dim", type=int, default=128)
+    p.add_argument("--ffn", type=int, default=1536, help="FFN width (Wan 1.3B: 8960 for 12 heads x 128)")
+    p.add_argument("--layers", type=int, default=1)
     p.add_argument("--block-size", type=int, default=128)
     p.add_argument("--methods", default="dense,radial,sliding_window,grat")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--ulysses", type=int, default=1, help="context-parallel degree (launch with torchrun)")
+    p.add_argument("--out", default=None, help="also write the table to this file")
     args = p.parse_args(argv)
     rank = setup_parallel(args)
 
-    model, dtype = build(args)
-    if args.ulysses > 1:
-        from diffusers import ContextParallelConfig
+    names = ["stock"] + args.methods.split(",")
+    # One model per method (same seed, same weights), so the methods' rounds can interleave while
+    # each handle keeps its cached plans.
+    models, timers, handles = {}, {}, {}
+    for name in names:
+        models[name], dtype = build(args)
+        if args.ulysses > 1:
+            from diffusers import ContextParallelConfig
 
-        model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=args.ulysses))
-    timer = AttentionTimer(model, args.device)
+            models[name].enable_parallelism(config=ContextParallelConfig(ulysses_degree=args.ulysses))
+        timers[name] = AttentionTimer(models[name], args.device)
+        if name != "stock":
+            handles[name] = diffsparse.enable_sparse_attention(
+                models[name], method=name, dense_steps=0, dense_layers=0, block_size=args.block_size)
     x = torch.randn(1, 16, args.frames, args.height, args.width, device=args.device, dtype=dtype)
     ehs = torch.randn(1, 16, 64, device=args.device, dtype=dtype)
     grid = (args.frames, args.height // 2, args.width // 2)
-    say = print if rank == 0 else (lambda *a, **k: None)
+    lines = []
+
+    def say(text=""):
+        if rank == 0:
+            print(text, flush=True)
+            lines.append(text)
+
     say(f"# {' '.join(sys.argv)}")
-    say(f"# device: {device_name(args.device)}; torch {torch.__version__}; {args.dtype}; ulysses {args.ulysses}")
+    say(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; device: {device_name(args.device)}; "
+        f"torch {torch.__version__}; {args.dtype}; ulysses {args.ulysses}")
     say(f"# Wan transformer: {args.layers} layers, {args.heads} heads x {args.head_dim}, ffn {args.ffn}; "
-          f"grid {grid} = {grid[0] * grid[1] * grid[2]} tokens; block {args.block_size}")
+        f"grid {grid} = {grid[0] * grid[1] * grid[2]} tokens; block {args.block_size}")
 
-    def run():
+    def run(name):
         with torch.inference_mode():
-            return model(x, torch.tensor([500], device=args.device), ehs, return_dict=False)[0]
+            return models[name](x, torch.tensor([500], device=args.device), ehs, return_dict=False)[0]
 
-    rows, ref, base = [], None, None
-    for name in ["stock"] + args.methods.split(","):
-        if name == "stock":
-            diffsparse.disable_sparse_attention(model)
-            handle = None
-        else:
-            handle = diffsparse.enable_sparse_attention(model, method=name, dense_steps=0, dense_layers=0, block_size=args.block_size)
-        out = run()  # warm-up (plans are built and cached here)
-        times, attn = [], []
-        for _ in range(args.repeats):
-            timer.total = 0.0
-            if args.device.startswith("cuda"):
-                torch.cuda.synchronize()
+    def sync():
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    outs = {name: run(name).float() for name in names}  # warm-up: plans are built and cached
+    densities = {name: handles[name].stats()["density"] if name in handles else 1.0 for name in names}
+    times = {n: [] for n in names}
+    shares = {n: [] for n in names}
+    for _ in range(args.repeats):  # interleaved rounds
+        for name in names:
+            timers[name].total = 0.0
+            sync()
             t0 = time.perf_counter()
-            out = run()
-            if args.device.startswith("cuda"):
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
-            attn.append(timer.total)
-        t = statistics.median(times)
-        if ref is None:
-            ref, base = out.float(), t
-        density = handle.stats()["density"] if handle else 1.0
-        err = (out.float() - ref).abs().max().item()
-        rows.append((name, density, t, base / t, statistics.median(attn) / t, err))
-        if handle:
-            handle.reset_stats()
-    diffsparse.disable_sparse_attention(model)
+            run(name)
+            sync()
+            times[name].append(time.perf_counter() - t0)
+            shares[name].append(timers[name].total / times[name][-1])
 
-    say(f"{'method':<16}{'density':>9}{'DiT s':>9}{'speed-up':>10}{'attn share':>12}{'max|d| vs stock':>17}")
-    for name, density, t, speed, share, err in rows:
-        say(f"{name:<16}{density:>9.3f}{t:>9.3f}{speed:>10.2f}{share:>12.2f}{err:>17.2e}")
+    base = min(times["stock"])
+    f = shares["stock"][times["stock"].index(base)]
+    say(f"{'method':<16}{'density':>9}{'DiT s':>9}{'spread':>8}{'speed-up':>10}{'bound':>8}{'of bound':>10}"
+        f"{'attn share':>12}{'max|d| vs stock':>17}")
+    for name in names:
+        t = min(times[name])
+        d = densities[name]
+        bound = 1.0 / ((1 - f) + f * d)
+        err = (outs[name] - outs["stock"]).abs().max().item()
+        share = shares[name][times[name].index(t)]
+        say(f"{name:<16}{d:>9.3f}{t:>9.3f}{max(times[name]) / t:>8.2f}{base / t:>10.2f}{bound:>8.2f}"
+            f"{base / t / bound:>10.2f}{share:>12.2f}{err:>17.2e}")
+    if args.out and rank == 0:
+        with open(args.out, "w") as fh:
+            fh.write("\n".join(lines) + "\n")
     return 0
 
 

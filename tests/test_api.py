@@ -120,3 +120,20 @@ def test_foreign_processor_is_refused():
     pipe.transformer.blocks[0].attn1.processor = AttnProcessor2_0()
     with pytest.raises(TypeError, match="AttnProcessor2_0.*WanAttnProcessor"):
         diffsparse.enable_sparse_attention(pipe, method="radial")
+
+
+def test_backends_this_machine_cannot_run_are_refused_at_enable(monkeypatch):
+    from diffsparse.tiny import tiny_wan_pipeline
+
+    pipe = tiny_wan_pipeline()
+    if not torch.cuda.is_available():
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+        with pytest.raises(ValueError, match="backend='triton' needs a CUDA GPU"):
+            diffsparse.enable_sparse_attention(pipe, method="radial", backend="triton")
+        with pytest.raises(ValueError, match="backend='flex' on CPU cannot run method 'adaspa'"):
+            diffsparse.enable_sparse_attention(pipe, method="adaspa", backend="flex")
+        with pytest.raises(ValueError, match="cache='flashblock'"):
+            diffsparse.enable_sparse_attention(pipe, method="radial", backend="flex", cache="flashblock")
+    assert diffsparse.get_handle(pipe) is None  # nothing was touched
+    handle = diffsparse.enable_sparse_attention(pipe, method="radial", backend="flex")
+    assert handle.flex_fn() is handle.flex_fn()  # one compiled callable, held by the handle

@@ -96,14 +96,19 @@ def test_value_dim_may_differ():
 
 
 def _backend(name, monkeypatch):
-    """"torch-gather" forces the CPU path's gathered buckets even for short sequences."""
-    if name == "torch-gather":
+    """"torch-gather" forces the CPU path's gathered groups even for short sequences; "torch-pad"
+    also lets every group pad its rows to the longest (masked zero blocks) and "torch-split" caps
+    the gather so that every row is a group of its own."""
+    if name.startswith("torch-"):
         monkeypatch.setattr("diffsparse.kernels.torch_sparse.MASKED_LIMIT", 0)
-        return "torch"
-    return name
+    if name == "torch-pad":
+        monkeypatch.setattr("diffsparse.kernels.torch_sparse._PAD_SLACK", 100.0)
+    if name == "torch-split":
+        monkeypatch.setattr("diffsparse.kernels.torch_sparse._GATHER_BUDGET", 1)
+    return "torch" if name.startswith("torch") else name
 
 
-@pytest.mark.parametrize("backend", ["torch", "torch-gather"])
+@pytest.mark.parametrize("backend", ["torch", "torch-gather", "torch-pad", "torch-split"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_cpu_path_forward_and_lse_both_strategies(shape, dtype, backend, monkeypatch):
@@ -118,7 +123,7 @@ def test_cpu_path_forward_and_lse_both_strategies(shape, dtype, backend, monkeyp
     assert (lse[fin].double() - rl[fin].double()).abs().max() < TOL[dtype]
 
 
-@pytest.mark.parametrize("backend", ["triton", "torch", "torch-gather"])
+@pytest.mark.parametrize("backend", ["triton", "torch", "torch-gather", "torch-pad", "torch-split"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[3], (1, 1, 150, 160, 16, 136, 48)])
 def test_gradients_match_autograd_through_reference(shape, dtype, backend, monkeypatch):
@@ -135,6 +140,21 @@ def test_gradients_match_autograd_through_reference(shape, dtype, backend, monke
         assert got.grad.dtype == dtype
         err = (got.grad.double() - want.grad).abs().max() / want.grad.abs().max().clamp(min=1)
         assert err < tol, (backend, err)
+
+
+def test_head_dims_wider_than_128_use_every_channel():
+    # D 160 pads to 256: the padding once stopped at 128, silently dropping channels 128 and up.
+    q, k, v, mask = _case(1, 1, 40, 40, 160, 16, 16, torch.float32, seed=4)
+    do = torch.randn(1, 1, 40, 160, generator=torch.Generator().manual_seed(5)).to(DEV)
+    qs, ks, vs = (t.clone().requires_grad_() for t in (q, k, v))
+    out = block_sparse_attention(qs, ks, vs, mask, block_size=16, backend="triton")
+    out.backward(do)
+    qr, kr, vr = (t.double().requires_grad_() for t in (q, k, v))
+    ref = reference_attention(qr, kr, vr, mask, 16)
+    ref.backward(do.double())
+    assert (out.double() - ref).abs().max() < 2e-5
+    for got, want in ((qs, qr), (ks, kr), (vs, vr)):
+        assert (got.grad.double() - want.grad).abs().max() < 1e-4
 
 
 def test_backward_writes_every_gradient_element():
@@ -287,7 +307,52 @@ def test_methods_run_on_the_triton_kernels_in_pipelines(family, method, opts):
 @pytest.mark.parametrize("backend", ["flex", "reference"])
 def test_int8_emulated_on_backends_without_an_int8_path(backend):
     q, k, v, mask = _case(1, 2, 64, 64, 64, 16, 16, torch.float32, density=0.6)
+    if backend == "flex" and not q.is_cuda:  # compiled flex on CPU has no LSE, which the emulation needs
+        with pytest.raises(NotImplementedError, match="flex.*LSE.*backend='torch'"):
+            block_sparse_attention(q, k, v, mask, block_size=16, return_lse=True, backend=backend, quantize="int8")
+        return
     want, lw = block_sparse_attention(q, k, v, mask, block_size=16, return_lse=True, backend="torch", quantize="int8")
     got, lg = block_sparse_attention(q, k, v, mask, block_size=16, return_lse=True, backend=backend, quantize="int8")
     fin = torch.isfinite(lw)
     assert (got - want).abs().max() < 1e-4 and (lg[fin] - lw[fin]).abs().max() < 1e-4
+
+
+def test_flex_backend_runs_compiled_and_refuses_what_cpu_flex_cannot_do():
+    q, k, v, mask = _case(1, 2, 200, 200, 32, 64, 64, torch.float32, density=0.5)
+    out = block_sparse_attention(q, k, v, mask, block_size=64, backend="flex")
+    ro, _ = _reference(q, k, v, mask, 64)
+    assert (out.double() - ro).abs().max() < 1e-4
+    if not q.is_cuda:
+        with pytest.raises(NotImplementedError, match="gradients"):
+            block_sparse_attention(q.requires_grad_(), k, v, mask, block_size=64, backend="flex")
+
+
+@pytest.mark.parametrize("mode", ["grad", "inference"])
+def test_cpu_path_worker_threads_under_grad_and_inference_mode(mode, monkeypatch):
+    # Several groups on several worker threads (every row its own group), block-multiple lengths so
+    # the rows are views of the inputs: the workers must not record autograd nor touch inference tensors wrongly.
+    if DEV != "cpu":
+        pytest.skip("CPU path")
+    monkeypatch.setattr("diffsparse.kernels.torch_sparse.MASKED_LIMIT", 0)
+    monkeypatch.setattr("diffsparse.kernels.torch_sparse._GATHER_BUDGET", 1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        q, k, v, mask = _case(1, 2, 64, 64, 16, 16, 16, torch.float32, density=0.6, seed=3)
+        ro, _ = _reference(q, k, v, mask, 16)
+        if mode == "inference":
+            with torch.inference_mode():
+                out = block_sparse_attention(q, k, v, mask, block_size=16, backend="torch")
+            assert (out.double() - ro).abs().max() < 2e-5
+        else:
+            qs, ks, vs = (t.clone().requires_grad_() for t in (q, k, v))
+            out = block_sparse_attention(qs, ks, vs, mask, block_size=16, backend="torch")
+            out.sum().backward()
+            qr, kr, vr = (t.double().requires_grad_() for t in (q, k, v))
+            reference_attention(qr, kr, vr, mask, 16).sum().backward()
+            assert (out.double() - ro).abs().max() < 2e-5
+            for got, want in ((qs, qr), (ks, kr), (vs, vr)):
+                assert (got.grad.double() - want.grad).abs().max() < 1e-4
+        assert torch.get_num_threads() == 2  # the workers' one-thread setting does not leak
+    finally:
+        torch.set_num_threads(threads)

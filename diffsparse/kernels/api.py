@@ -59,6 +59,7 @@ def block_sparse_attention(
     return_lse: bool = False,
     backend: str = "auto",
     quantize: str | None = None,
+    flex_fn=None,
 ):
     """Attention computing only the kept blocks of `block_mask`.
 
@@ -73,6 +74,8 @@ def block_sparse_attention(
         backend: "auto" | "triton" | "flex" | "torch" | "reference".
         quantize: None or "int8": INT8 QK^T (SageAttention-style smoothing), inference only;
             on the "triton" backend a real int8 kernel, on the others the same numbers emulated.
+        flex_fn: with backend "flex", a held `kernels.flex.compiled_flex_attention()` (else one is
+            made for the call; FlexAttention always runs compiled).
 
     Differentiable on the "triton" and "torch" backends (custom ops with explicit backward
     kernels); `torch.compile(fullgraph=True)` traces through a call with a prebuilt `BlockIndex`.
@@ -123,7 +126,7 @@ def block_sparse_attention(
     if backend == "flex":
         from .flex import flex_block_sparse_attention
 
-        return flex_block_sparse_attention(q, k, v, index, scale=scale, return_lse=return_lse)
+        return flex_block_sparse_attention(q, k, v, index, scale=scale, return_lse=return_lse, compiled_fn=flex_fn)
     if backend == "reference":
         return reference_attention(
             q, k, v, index.mask, (index.block_q, index.block_k), scale=scale, return_lse=return_lse,

@@ -6,8 +6,6 @@ FlexAttention on exactly the same layout as ours.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
 from .index import BlockIndex, num_blocks
@@ -36,19 +34,25 @@ def to_flex_block_mask(index: BlockIndex, B: int, H: int, sq: int, sk: int):
     )
 
 
-@functools.lru_cache(maxsize=1)
 def compiled_flex_attention():
-    """`torch.compile`d flex_attention (eager flex materialises the full score matrix)."""
+    """A `torch.compile`d flex_attention (eager flex materialises the full score matrix: 16 s where
+    dense SDPA takes 1.8 s on CPU at S 16384). The wrapper is cheap to make (~2 ms): compiled code
+    lives in torch's own cache, keyed by shapes, so a new wrapper reuses it; hold one (the handle
+    does) to skip even that."""
     from torch.nn.attention.flex_attention import flex_attention
 
     return torch.compile(flex_attention, dynamic=False)
 
 
 def flex_block_sparse_attention(q, k, v, index: BlockIndex, scale=None, return_lse=False, compiled_fn=None):
-    """Run FlexAttention over the layout: compiled on CUDA, eager elsewhere unless `compiled_fn` is given."""
-    from torch.nn.attention.flex_attention import flex_attention
-
-    fn = compiled_fn or (compiled_flex_attention() if q.is_cuda else flex_attention)
+    """Run compiled FlexAttention over the layout (`compiled_fn`: a held `compiled_flex_attention()`)."""
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    if not q.is_cuda and (return_lse or needs_grad):
+        raise NotImplementedError(
+            f"backend='flex' on {q.device.type}: torch's compiled FlexAttention runs inference only there, without "
+            f"the log-sum-exp ({'gradients' if needs_grad else 'LSE'} requested here; FlashBlock, INT8 and the dynamic "
+            "methods need the LSE); use backend='torch', our CPU path, or 'auto'")
+    fn = compiled_fn or compiled_flex_attention()
     B, H, sq, _ = q.shape
     bm = to_flex_block_mask(index, B, H, sq, k.shape[2])
     if not return_lse:

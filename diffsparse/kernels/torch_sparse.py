@@ -1,21 +1,33 @@
 """Block-sparse attention in plain PyTorch that skips the work of dropped blocks (the CPU path).
 
-Each (batch, head, query block) is a *row*. Rows are bucketed by how many key blocks they keep
-(and whether they keep the partial last block); inside a bucket every row reads the same number
-of key tokens, so the kept keys are gathered into a dense `(rows, L, D)` tensor and one fused
-attention call (PyTorch's CPU flash kernel, which also returns the LSE) handles the whole bucket.
-Rows that read every key skip the gather: their queries are concatenated per head instead.
-Work and memory scale with the kept blocks; nothing is masked token by token.
+Each (batch, head, query block) is a *row*. A `Schedule` (built once per layout and shapes, cached
+on the `BlockIndex`) sorts the rows by how many key blocks they keep and cuts them into *groups*:
+every row of a group reads `width` key blocks, so its kept keys are gathered into one dense
+`(rows, width * bk, D)` tensor and one fused attention call (PyTorch's CPU flash kernel, which also
+returns the LSE) handles the whole group. Rows with a few blocks fewer than the group's width
+read zero blocks instead, hidden by a broadcast key mask (at most `_PAD_SLACK` extra work), so a
+layout with many distinct row lengths still runs in few calls. Rows that read every key skip the
+gather: one call per head over their queries. Work scales with the kept blocks.
 
-The backward walks the same buckets with the fused kernel's backward and scatters the key/value
+What we measured (docs/kernels.md): the fused kernel is compute-bound and runs near its dense
+rate, so the overhead is in the glue. Each gather writes into one buffer allocated per call (a
+fresh tensor per gather page-faults its memory: 12x slower), and every memory-bound step (gathers,
+scatters of outputs and gradients) runs on one thread: PyTorch's 2-thread `index_select` was 4x
+slower than 1 thread here, and under load from other processes each small multi-threaded region
+waits for a descheduled thread (40x slower measured); only the fused kernel runs multi-threaded.
+
+The backward walks the same groups with the fused kernel's backward and adds the key/value
 gradients of the gathered blocks back with `index_add_`. Short sequences (at most `MASKED_LIMIT`
 score elements) instead run one fused call with an additive token mask: the same result, without
-the per-bucket call overhead that dominates there.
+the per-group overhead that dominates there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator, List, Optional, Tuple
 
@@ -23,9 +35,12 @@ import torch
 
 from .index import BlockIndex, num_blocks
 
-# Bound on the gathered K+V elements per fused call (~16 MB in fp32): keeps memory flat at
-# high density, where every query block would otherwise copy all keys.
-_GATHER_BUDGET = 1 << 22
+# Bound on the gathered K+V elements per fused call, per worker (4 MB in fp32): keeps memory flat at
+# high density and a worker's gathered keys in cache while it reads them (1M-4M elements measured
+# alike here, 16M 10 % slower: experiments/README.md).
+_GATHER_BUDGET = 1 << 20
+# Padding a group's shorter rows to its width may add at most this fraction of work.
+_PAD_SLACK = 0.05
 # Up to this many score elements (B*H*Sq*Sk) on CPU, one fused call with an additive token mask
 # is cheaper than many small gathered calls (per-call overhead dominates short sequences).
 MASKED_LIMIT = 1 << 22
@@ -34,6 +49,19 @@ MASKED_LIMIT = 1 << 22
 def _use_masked(q: torch.Tensor, Sk: int) -> bool:
     B, H, Sq, _ = q.shape
     return q.device.type == "cpu" and q.dtype in (torch.float32, torch.float16, torch.bfloat16) and B * H * Sq * Sk <= MASKED_LIMIT
+
+
+@contextlib.contextmanager
+def serial() -> Iterator[None]:
+    """Run the enclosed (memory-bound) PyTorch ops on one thread, then restore the thread count."""
+    n = torch.get_num_threads()
+    if n > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if n > 1:
+            torch.set_num_threads(n)
 
 
 def _token_mask(q: torch.Tensor, index: BlockIndex, Sq: int, Sk: int):
@@ -45,95 +73,223 @@ def _token_mask(q: torch.Tensor, index: BlockIndex, Sq: int, Sk: int):
     return add, empty
 
 
-def _fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
+def _cpu_flash(q: torch.Tensor) -> bool:
+    return q.dtype in (torch.float32, torch.float16, torch.bfloat16) and q.device.type == "cpu"
+
+
+def _fused(q, k, v, scale: float, mask=None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Dense attention `(n, 1, Lq, D) x (n, 1, Lk, D)` -> out, lse `(n, 1, Lq)` float32."""
-    if q.dtype in (torch.float32, torch.float16, torch.bfloat16) and q.device.type == "cpu":
-        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, scale=scale)
+    if _cpu_flash(q):
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=mask, scale=scale)
     s = torch.matmul(q, k.transpose(-1, -2)) * scale
+    if mask is not None:
+        s = s + mask
     lse = torch.logsumexp(s, dim=-1)
     return torch.matmul(torch.exp(s - lse.unsqueeze(-1)), v), lse.float()
 
 
-def _fused_backward(do, q, k, v, out, lse, scale):
+def _fused_backward(do, q, k, v, out, lse, scale, mask=None):
     """Gradients of `_fused`: (dq, dk, dv)."""
-    if q.dtype in (torch.float32, torch.float16, torch.bfloat16) and q.device.type == "cpu":
+    if _cpu_flash(q):
         return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-            do, q, k, v, out, lse, 0.0, False, scale=scale)
-    p = torch.exp(torch.matmul(q, k.transpose(-1, -2)) * scale - lse.unsqueeze(-1).to(q.dtype))
+            do, q, k, v, out, lse, 0.0, False, attn_mask=mask, scale=scale)
+    s = torch.matmul(q, k.transpose(-1, -2)) * scale
+    if mask is not None:
+        s = s + mask
+    p = torch.exp(s - lse.unsqueeze(-1).to(q.dtype))
     dp = torch.matmul(do, v.transpose(-1, -2))
     ds = p * (dp - (do * out).sum(-1, keepdim=True))
     return torch.matmul(ds, k) * scale, torch.matmul(ds.transpose(-1, -2), q) * scale, torch.matmul(p.transpose(-1, -2), do)
 
 
-@dataclass
-class _Chunk:
-    rows: torch.Tensor  # row ids (flat over B*H*nq)
-    head: Optional[int]  # set for "reads every key" chunks: the (b*H + h) they share
-    blocks: Optional[torch.Tensor]  # (n, c) flat key-block ids into (B*H*nk) for gathered chunks
-    n_keys: int  # key tokens each row reads
+@dataclass(frozen=True)
+class Group:
+    """Rows `sorted[start:stop]` that run as one fused call.
+
+    head: for rows that read every key, the flat (b*H + h) whose whole K/V they read (no gather).
+    blocks: `(n, width)` flat key-block ids into the block table (`Schedule.zero_block` pads).
+    key_pad: bool `(n, n_keys)`, True for gathered key tokens a row must ignore (padding blocks,
+        padding past Sk in the partial last block), or None when there are none.
+    n_keys: key tokens each row reads.
+    """
+
+    start: int
+    stop: int
+    head: Optional[int]
+    blocks: Optional[torch.Tensor]
+    key_pad: Optional[torch.Tensor]
+    n_keys: int
 
 
-class _Rows:
-    """The row view of a layout for given q/k shapes, and its buckets of equal-work rows."""
+class Schedule:
+    """The rows of a layout for given shapes, sorted by work and cut into groups (see module doc)."""
 
-    def __init__(self, index: BlockIndex, B: int, H: int, Sq: int, Sk: int, D: int, Dv: int, dev) -> None:
+    def __init__(self, index: BlockIndex, B: int, H: int, Sq: int, Sk: int, width_elems: int) -> None:
         bq, bk = index.block_q, index.block_k
-        self.nq, self.nk = num_blocks(Sq, bq), num_blocks(Sk, bk)
+        self.nq, self.nk, self.bk = num_blocks(Sq, bq), num_blocks(Sk, bk), bk
         self.n_rows = B * H * self.nq
-        self.counts = index.counts.expand(B, H, self.nq).reshape(self.n_rows).long()
+        self.zero_block = B * H * self.nk  # index of the all-zero block appended to the block table
+        tail = self.nk * bk - Sk  # padding tokens in the last key block
+        counts = index.counts.expand(B, H, self.nq).reshape(self.n_rows).long()
         width = index.indices.shape[-1]
-        self.indices = index.indices.expand(B, H, self.nq, width).reshape(self.n_rows, width).long()
-        self.head = torch.arange(B * H, device=dev).repeat_interleave(self.nq)
-        self.tail = self.nk * bk - Sk  # padding tokens in the last key block
-        live = torch.arange(width, device=dev) < self.counts.unsqueeze(1)
-        if self.tail:
-            self.reads_last = ((self.indices == self.nk - 1) & live).any(1)
-        else:
-            self.reads_last = torch.zeros_like(self.counts, dtype=torch.bool)
-        self.bk, self.D, self.Dv = bk, D, Dv
-
-    def chunks(self) -> Iterator[_Chunk]:
-        bucket = self.counts * 2 + self.reads_last.long()
-        for key in torch.unique(bucket[self.counts > 0]).tolist():
-            c, has_tail = key // 2, bool(key % 2)
-            rows = torch.nonzero(bucket == key).flatten()
-            if c == self.nk:  # rows reading every key: no gather, one call per head over its rows
-                for h in torch.unique(self.head[rows]).tolist():
-                    yield _Chunk(rows[self.head[rows] == h], h, None, self.nk * self.bk - self.tail)
+        indices = index.indices.expand(B, H, self.nq, width).reshape(self.n_rows, width).long()
+        head = torch.arange(B * H).repeat_interleave(self.nq)
+        self.order = torch.sort(-counts, stable=True).indices  # most work first; ties keep (head, block) order
+        live = int((counts > 0).sum())
+        self.empty = self.order[live:]
+        self.order = self.order[:live]
+        c_sorted = counts[self.order].tolist()
+        h_sorted = head[self.order].tolist()
+        groups: List[Group] = []
+        i = 0
+        while i < live:
+            w = c_sorted[i]
+            j = i + 1
+            if w == self.nk:  # reads every key: one call per head, no gather
+                while j < live and c_sorted[j] == w and h_sorted[j] == h_sorted[i]:
+                    j += 1
+                groups.append(Group(i, j, h_sorted[i], None, None, self.nk * bk - tail))
+                i = j
                 continue
-            n_keys = c * self.bk - (self.tail if has_tail else 0)
-            blocks = self.head[rows].unsqueeze(1) * self.nk + self.indices[rows, :c]
-            step = max(1, _GATHER_BUDGET // max(1, c * self.bk * (self.D + self.Dv)))
-            for s in range(0, rows.numel(), step):
-                yield _Chunk(rows[s : s + step], None, blocks[s : s + step], n_keys)
+            cap = max(1, _GATHER_BUDGET // (w * bk * width_elems))
+            work = w
+            while j < live and j - i < cap and c_sorted[j] < self.nk and (j - i + 1) * w <= (1 + _PAD_SLACK) * (work + c_sorted[j]):
+                work += c_sorted[j]
+                j += 1
+            rows = self.order[i:j]
+            c = counts[rows]
+            pos = torch.arange(w)
+            live_pos = pos < c.unsqueeze(1)
+            blocks = torch.where(live_pos, head[rows].unsqueeze(1) * self.nk + indices[rows, :w], self.zero_block)
+            pad = (~live_pos).repeat_interleave(bk, 1)
+            if tail:
+                pad = pad | ((indices[rows, :w] == self.nk - 1) & live_pos).repeat_interleave(bk, 1) & (
+                    torch.arange(w * bk) % bk >= bk - tail)
+            n_keys = w * bk
+            if bool(pad.any()):
+                # Kept blocks are ascending, so when every row's padding is only the last block's
+                # tail, trimming the gathered keys drops it without a mask.
+                trailing = int(pad.flip(1).long().cumprod(1).sum(1).min())
+                if int(pad.sum(1).max()) == trailing:
+                    n_keys, pad = n_keys - trailing, None
+            else:
+                pad = None
+            groups.append(Group(i, j, None, blocks, pad, n_keys))
+            i = j
+        self.groups = groups
+        self._masks: dict = {}
 
-    def empty_rows(self) -> torch.Tensor:
-        return torch.nonzero(self.counts == 0).flatten()
+    def mask(self, g: int, dtype: torch.dtype) -> Optional[torch.Tensor]:
+        """Additive `(n, 1, 1, n_keys)` key mask of group `g` in `dtype`, or None."""
+        pad = self.groups[g].key_pad
+        if pad is None:
+            return None
+        if (g, dtype) not in self._masks:
+            add = torch.zeros(pad.shape, dtype=dtype).masked_fill_(pad, float("-inf"))
+            self._masks[(g, dtype)] = add[:, None, None, :]
+        return self._masks[(g, dtype)]
+
+    @property
+    def max_gather(self) -> int:
+        """Most blocks one group gathers (the gather buffer's rows)."""
+        return max([g.blocks.numel() for g in self.groups if g.blocks is not None], default=0)
 
 
-def _block_view(x: torch.Tensor, nk: int, bk: int) -> torch.Tensor:
-    """`(B, H, S, D)` -> `(B*H*nk, bk, D)` key blocks (zero-padded)."""
-    B, H, S, D = x.shape
-    return torch.nn.functional.pad(x, (0, 0, 0, nk * bk - S)).reshape(B * H * nk, bk, D)
+def schedule(index: BlockIndex, B: int, H: int, Sq: int, Sk: int, width_elems: int) -> Schedule:
+    """The cached `Schedule` of `index` for these shapes (built on first use)."""
+    key = ("cpu-schedule", B, H, Sq, Sk, width_elems)
+    if key not in index._cache:
+        index._cache[key] = Schedule(index.to("cpu"), B, H, Sq, Sk, width_elems)
+    return index._cache[key]
 
 
-def _gather(blocks_t: torch.Tensor, ch: _Chunk, flat_t: torch.Tensor) -> torch.Tensor:
-    """Keys/values a chunk reads: `(n, 1, n_keys, D)`."""
-    n, D = ch.rows.numel(), blocks_t.shape[-1]
-    if ch.head is not None:
-        return flat_t[ch.head][None, None]
-    # Kept blocks are ascending, so the partial last block is last: trimming drops its padding.
-    c = ch.blocks.shape[1]
-    # index_select on the 2-D (blocks, bk*D) view takes PyTorch's row-copy fast path (~6x faster
-    # on CPU than on the 3-D view).
-    rows = blocks_t.view(blocks_t.shape[0], -1).index_select(0, ch.blocks.reshape(-1))
-    return rows.view(n, 1, c * blocks_t.shape[1], D)[:, :, : ch.n_keys]
+def _rows(x: torch.Tensor, nq: int, bq: int) -> torch.Tensor:
+    """`(B, H, S, E)` -> `(B*H*nq, bq, E)` (zero-padded to whole blocks; a view when S is a multiple)."""
+    B, H, S, E = x.shape
+    if nq * bq != S:
+        x = torch.nn.functional.pad(x, (0, 0, 0, nq * bq - S))
+    return x.reshape(B * H * nq, bq, E)
 
 
-def _chunk_q(x_rows: torch.Tensor, ch: _Chunk) -> torch.Tensor:
-    """Query-side rows of a chunk: `(n, 1, bq, D)`, or `(1, 1, n*bq, D)` for a shared-head chunk."""
-    x = x_rows[ch.rows]
-    return x.reshape(1, 1, -1, x.shape[-1]) if ch.head is not None else x
+def _block_table(k: torch.Tensor, v: torch.Tensor, nk: int, bk: int) -> torch.Tensor:
+    """K and V side by side, one row per key block plus a final zero block: `(B*H*nk + 1, bk * (D + Dv))`."""
+    B, H, Sk, D = k.shape
+    Dv = v.shape[-1]
+    table = k.new_zeros(B * H * nk + 1, bk, D + Dv)
+    body = table[:-1].view(B * H, nk * bk, D + Dv)
+    body[:, :Sk, :D] = k.reshape(B * H, Sk, D)
+    body[:, :Sk, D:] = v.reshape(B * H, Sk, Dv)
+    return table.view(B * H * nk + 1, bk * (D + Dv))
+
+
+def _keys(table: torch.Tensor, sched: Schedule, g: Group, buf: torch.Tensor, D: int, Dv: int):
+    """K and V `(n, 1, n_keys, D/Dv)` a group reads: views of the table (full rows) or of the gather buffer."""
+    bk = sched.bk
+    if g.head is not None:
+        kv = table[g.head * sched.nk : (g.head + 1) * sched.nk].view(1, 1, sched.nk * bk, D + Dv)[:, :, : g.n_keys]
+    else:
+        n, w = g.blocks.shape
+        out = buf[: n * w]
+        torch.index_select(table, 0, g.blocks.reshape(-1), out=out)
+        kv = out.view(n, 1, w * bk, D + Dv)[:, :, : g.n_keys]
+    return kv[..., :D], kv[..., D:]
+
+
+def _group_rows(x_rows: torch.Tensor, sched: Schedule, g: Group, buf: torch.Tensor) -> torch.Tensor:
+    """Query-side rows of a group: `(n, 1, bq, E)`, or `(1, 1, n*bq, E)` for a full-key group."""
+    n = g.stop - g.start
+    out = buf[:n]
+    torch.index_select(x_rows, 0, sched.order[g.start : g.stop], out=out)
+    return out.view(1, 1, -1, x_rows.shape[-1]) if g.head is not None else out.unsqueeze(1)
+
+
+def _run_groups(n_groups: int, work, static: bool) -> List[dict]:
+    """Call `work(g, local)` for every group g on `torch.get_num_threads()` worker threads, each running
+    PyTorch ops on one intra-op thread (`local`: that worker's dict for its buffers). Forward groups are
+    handed out as workers free up; with `static`, group g goes to worker g % n (a fixed summation order
+    for the backward's per-worker accumulators). One worker or one group: inline, multi-threaded.
+    Returns the workers' dicts."""
+    n = torch.get_num_threads()
+    if n <= 1 or n_groups <= 1:
+        local: dict = {}
+        for g in range(n_groups):
+            work(g, local)
+        return [local]
+    locals_ = [dict() for _ in range(n)]
+    # Grad and inference mode are per thread: a worker runs under the caller's inference mode and never
+    # records autograd (inside the custom op the caller's thread is below autograd; a new thread is not).
+    inference = torch.is_inference_mode_enabled()
+
+    def run(g: int, w: int) -> None:
+        with torch.inference_mode(inference), torch.no_grad():
+            work(g, locals_[w])
+
+    pool = ThreadPoolExecutor(n, initializer=torch.set_num_threads, initargs=(1,))
+    try:
+        if static:
+            def lane(w: int) -> None:
+                for g in range(w, n_groups, n):
+                    run(g, w)
+
+            futures = [pool.submit(lane, w) for w in range(n)]
+        else:
+            ids = threading.local()
+            counter = iter(range(n))
+            lock = threading.Lock()
+
+            def task(g: int) -> None:
+                if not hasattr(ids, "w"):
+                    with lock:
+                        ids.w = next(counter)
+                run(g, ids.w)
+
+            futures = [pool.submit(task, g) for g in range(n_groups)]
+        for f in futures:
+            f.result()
+    finally:
+        pool.shutdown(wait=True)
+        torch.set_num_threads(n)  # the workers' set_num_threads(1) also set the process-wide default
+    return locals_
 
 
 def torch_block_sparse_attention(
@@ -147,90 +303,103 @@ def torch_block_sparse_attention(
     """q `(B,H,Sq,D)`, k/v `(B,H,Sk,D)`, index over `(Bm,Hm,nq,nk)` -> out `(B,H,Sq,Dv)` [, lse `(B,H,Sq)`]."""
     B, H, Sq, D = q.shape
     Sk, Dv = k.shape[2], v.shape[-1]
-    bq = index.block_q
+    bq, bk = index.block_q, index.block_k
     scale = 1.0 / math.sqrt(D) if scale is None else scale
-    dev = q.device
     if _use_masked(q, Sk):
         add, empty = _token_mask(q, index, Sq, Sk)
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=add, scale=scale)
         out = torch.where(empty.unsqueeze(-1), torch.zeros((), dtype=out.dtype), out)
         lse = torch.where(empty, float("-inf"), lse.float())
         return (out, lse) if return_lse else out
-    R = _Rows(index, B, H, Sq, Sk, D, Dv, dev)
-    q_rows = torch.nn.functional.pad(q, (0, 0, 0, R.nq * bq - Sq)).reshape(R.n_rows, 1, bq, D)
-    k_flat, v_flat = k.reshape(B * H, Sk, D), v.reshape(B * H, Sk, Dv)
-    k_blocks, v_blocks = _block_view(k, R.nk, R.bk), _block_view(v, R.nk, R.bk)
+    sched = schedule(index, B, H, Sq, Sk, D + Dv)
+    with serial():
+        q_rows = _rows(q, sched.nq, bq)
+        table = _block_table(k, v, sched.nk, bk)
+        out_rows = q.new_zeros(sched.n_rows, bq, Dv)
+        lse_rows = torch.full((sched.n_rows, bq), float("-inf"), device=q.device)
+    n_max = max([g.stop - g.start for g in sched.groups], default=0)
 
-    outs: List[torch.Tensor] = []
-    lses: List[torch.Tensor] = []
-    order: List[torch.Tensor] = []
-    for ch in R.chunks():
-        o, lse = _fused(_chunk_q(q_rows, ch), _gather(k_blocks, ch, k_flat), _gather(v_blocks, ch, v_flat), scale)
-        n = ch.rows.numel()
-        outs.append(o.reshape(n, 1, bq, Dv))
-        lses.append(lse.reshape(n, 1, bq))
-        order.append(ch.rows)
-    empty = R.empty_rows()
-    if empty.numel():
-        outs.append(q_rows.new_zeros(empty.numel(), 1, bq, Dv))
-        lses.append(torch.full((empty.numel(), 1, bq), float("-inf"), device=dev))
-        order.append(empty)
+    def work(gi: int, local: dict) -> None:
+        g = sched.groups[gi]
+        if not local:  # this worker's buffers, allocated once per call (fresh tensors page-fault)
+            local["gather"] = table.new_empty(sched.max_gather, table.shape[1])
+            local["q"] = q_rows.new_empty(n_max, bq, D)
+        qg = _group_rows(q_rows, sched, g, local["q"])
+        kg, vg = _keys(table, sched, g, local["gather"], D, Dv)
+        o, lse = _fused(qg, kg, vg, scale, sched.mask(gi, q.dtype))
+        rows = sched.order[g.start : g.stop]  # rows of different groups are disjoint: no race
+        out_rows.index_copy_(0, rows, o.reshape(-1, bq, Dv))
+        lse_rows.index_copy_(0, rows, lse.reshape(-1, bq))
 
-    perm = torch.cat(order)
-    inverse = torch.empty_like(perm)
-    inverse[perm] = torch.arange(R.n_rows, device=dev)
-    out = torch.cat(outs)[inverse].reshape(B, H, R.nq * bq, Dv)[:, :, :Sq].to(q.dtype)
+    _run_groups(len(sched.groups), work, static=False)
+    out = out_rows.view(B, H, sched.nq * bq, Dv)[:, :, :Sq]
     if not return_lse:
         return out
-    lse = torch.cat(lses)[inverse].reshape(B, H, R.nq * bq)[:, :, :Sq].float()
-    return out, lse
+    return out, lse_rows.view(B, H, sched.nq * bq)[:, :, :Sq]
 
 
 def torch_block_sparse_backward(q, k, v, out, lse, dout, index: BlockIndex, scale: float):
     """(dq, dk, dv) of `torch_block_sparse_attention` given its out and lse `(B, H, Sq)`."""
     B, H, Sq, D = q.shape
     Sk, Dv = k.shape[2], v.shape[-1]
-    bq = index.block_q
-    dev = q.device
+    bq, bk = index.block_q, index.block_k
     if _use_masked(q, Sk):
         add, _ = _token_mask(q, index, Sq, Sk)
         # Empty rows: out 0 and a finite lse make their probabilities exp(-inf - 0) = 0.
         lse0 = torch.where(torch.isfinite(lse), lse.float(), 0.0)
         return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
             dout.to(q.dtype).contiguous(), q, k, v, out.to(q.dtype), lse0, 0.0, False, attn_mask=add, scale=scale)
-    R = _Rows(index, B, H, Sq, Sk, D, Dv, dev)
+    sched = schedule(index, B, H, Sq, Sk, D + Dv)
+    nk = sched.nk
+    with serial():
+        q_rows, o_rows, do_rows = (_rows(x, sched.nq, bq) for x in (q, out.to(q.dtype), dout.to(q.dtype)))
+        # Padded query rows get lse 0: their dout is 0, so they contribute nothing.
+        lse_rows = _rows(lse.float().unsqueeze(-1), sched.nq, bq).squeeze(-1)
+        lse_rows = torch.where(torch.isfinite(lse_rows), lse_rows, torch.zeros_like(lse_rows))
+        table = _block_table(k, v, nk, bk)
+        dq_rows = torch.zeros_like(q_rows)
+    n_max = max([g.stop - g.start for g in sched.groups], default=0)
 
-    def rows_of(x):
-        return torch.nn.functional.pad(x, (0, 0, 0, R.nq * bq - Sq)).reshape(R.n_rows, 1, bq, x.shape[-1])
+    def work(gi: int, local: dict) -> None:
+        g = sched.groups[gi]
+        n = g.stop - g.start
+        if not local:
+            local["gather"] = table.new_empty(sched.max_gather, table.shape[1])
+            local["rows"] = [x.new_empty(n_max, bq, x.shape[-1]) for x in (q_rows, o_rows, do_rows)]
+            # this worker's key-block gradients (+ the zero block, which collects the padding's)
+            local["dk"] = torch.zeros(B * H * nk + 1, bk, D, dtype=torch.float32, device=q.device)
+            local["dv"] = torch.zeros(B * H * nk + 1, bk, Dv, dtype=torch.float32, device=q.device)
+        rows = sched.order[g.start : g.stop]
+        qg, og, dog = (_group_rows(x, sched, g, b) for x, b in zip((q_rows, o_rows, do_rows), local["rows"]))
+        kg, vg = _keys(table, sched, g, local["gather"], D, Dv)
+        lse_g = lse_rows.index_select(0, rows)
+        lse_g = lse_g.reshape(1, 1, -1) if g.head is not None else lse_g.unsqueeze(1)
+        dq, dk, dv = _fused_backward(dog, qg, kg, vg, og, lse_g, scale, sched.mask(gi, q.dtype))
+        dq_rows.index_copy_(0, rows, dq.reshape(n, bq, D))  # disjoint rows per group
+        dk_blocks, dv_blocks = local["dk"], local["dv"]
+        if g.head is not None:
+            seg = slice(g.head * nk, (g.head + 1) * nk)
+            dk_blocks[seg].view(-1, D)[: g.n_keys] += dk[0, 0].float()
+            dv_blocks[seg].view(-1, Dv)[: g.n_keys] += dv[0, 0].float()
+            return
+        w = g.blocks.shape[1]
+        pad = (0, 0, 0, w * bk - g.n_keys)
+        flat = g.blocks.reshape(-1)
+        dk_blocks.index_add_(0, flat, torch.nn.functional.pad(dk[:, 0].float(), pad).reshape(n * w, bk, D))
+        dv_blocks.index_add_(0, flat, torch.nn.functional.pad(dv[:, 0].float(), pad).reshape(n * w, bk, Dv))
 
-    q_rows, o_rows, do_rows = rows_of(q), rows_of(out.to(q.dtype)), rows_of(dout.to(q.dtype))
-    # Padded query rows get lse 0: their dout is 0, so they contribute nothing.
-    lse_rows = torch.nn.functional.pad(lse.float(), (0, R.nq * bq - Sq)).reshape(R.n_rows, 1, bq)
-    lse_rows = torch.where(torch.isfinite(lse_rows), lse_rows, torch.zeros_like(lse_rows))
-    k_flat, v_flat = k.reshape(B * H, Sk, D), v.reshape(B * H, Sk, Dv)
-    k_blocks, v_blocks = _block_view(k, R.nk, R.bk), _block_view(v, R.nk, R.bk)
-
-    dq_rows = torch.zeros_like(q_rows)
-    dk_blocks = torch.zeros(B * H * R.nk, R.bk, D, dtype=torch.float32, device=dev)
-    dv_blocks = torch.zeros(B * H * R.nk, R.bk, Dv, dtype=torch.float32, device=dev)
-    for ch in R.chunks():
-        n = ch.rows.numel()
-        lse_c = lse_rows[ch.rows]
-        lse_c = lse_c.reshape(1, 1, -1) if ch.head is not None else lse_c
-        dq, dk, dv = _fused_backward(_chunk_q(do_rows, ch), _chunk_q(q_rows, ch), _gather(k_blocks, ch, k_flat),
-                                     _gather(v_blocks, ch, v_flat), _chunk_q(o_rows, ch), lse_c, scale)
-        dq_rows[ch.rows] = dq.reshape(n, 1, bq, D)
-        if ch.head is not None:
-            seg = slice(ch.head * R.nk, (ch.head + 1) * R.nk)
-            dk_blocks[seg].view(-1, D)[: ch.n_keys] += dk[0, 0].float()
-            dv_blocks[seg].view(-1, Dv)[: ch.n_keys] += dv[0, 0].float()
-            continue
-        c = ch.blocks.shape[1]
-        pad = (0, 0, 0, c * R.bk - ch.n_keys)
-        flat = ch.blocks.reshape(-1)
-        dk_blocks.index_add_(0, flat, torch.nn.functional.pad(dk[:, 0].float(), pad).reshape(n * c, R.bk, D))
-        dv_blocks.index_add_(0, flat, torch.nn.functional.pad(dv[:, 0].float(), pad).reshape(n * c, R.bk, Dv))
-    dq = dq_rows.reshape(B, H, R.nq * bq, D)[:, :, :Sq]
-    dk = dk_blocks.reshape(B, H, R.nk * R.bk, D)[:, :, :Sk].to(k.dtype)
-    dv = dv_blocks.reshape(B, H, R.nk * R.bk, Dv)[:, :, :Sk].to(v.dtype)
+    workers = _run_groups(len(sched.groups), work, static=True)
+    with serial():
+        parts = [w for w in workers if w]
+        if parts:
+            dk_blocks, dv_blocks = parts[0]["dk"], parts[0]["dv"]
+            for w in parts[1:]:  # fixed order: deterministic sums
+                dk_blocks += w["dk"]
+                dv_blocks += w["dv"]
+        else:
+            dk_blocks = torch.zeros(B * H * nk + 1, bk, D, dtype=torch.float32, device=q.device)
+            dv_blocks = torch.zeros(B * H * nk + 1, bk, Dv, dtype=torch.float32, device=q.device)
+    dq = dq_rows.reshape(B, H, sched.nq * bq, D)[:, :, :Sq]
+    dk = dk_blocks[:-1].reshape(B, H, nk * bk, D)[:, :, :Sk].to(k.dtype)
+    dv = dv_blocks[:-1].reshape(B, H, nk * bk, Dv)[:, :, :Sk].to(v.dtype)
     return dq, dk, dv

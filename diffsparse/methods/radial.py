@@ -9,7 +9,7 @@ every frame pair is dense, empty, or a band |a - b| <= w(d):
   bitlen = int.bit_length and L(d) = 2^bitlen(s) / 2^bitlen(d) (the band before decay), the
   half-width is w = max(decay_factor * L(d), band_floor) tokens; when L(d) < band_floor the
   pair is kept only if d % int(band_floor / L(d)) == 0 ("far-frame thinning"), else it is empty.
-- `band="paper"` (the paper's formula, the rule before 0.2): with k = floor(log2 d),
+- `band="paper"` (the paper's formula, the previous default): with k = floor(log2 d),
   |a - b| + 1 <= decay_factor * s / 2^k while 2^k <= s (the diagonal always kept), and beyond
   that only pairs with d % ceil(2^k / s) == 0, diagonal only.
 
