@@ -356,3 +356,54 @@ def test_cpu_path_worker_threads_under_grad_and_inference_mode(mode, monkeypatch
         assert torch.get_num_threads() == 2  # the workers' one-thread setting does not leak
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("backend", ["torch", "torch-gather"])
+def test_nan_in_a_key_block_stays_in_the_rows_that_read_it(backend, monkeypatch):
+    # Short sequences run one masked call: a NaN key must not reach rows whose layout skips its block.
+    q, k, v, _ = _case(1, 1, 64, 64, 16, 16, 16, torch.float32, seed=5)
+    mask = torch.zeros(1, 1, 4, 4, dtype=torch.bool, device=DEV)
+    mask[..., :, 1:] = True
+    mask[..., 0, 0] = True  # only query block 0 reads key block 0
+    k = k.clone()
+    k[..., 3, :] = float("nan")
+    out = block_sparse_attention(q, k, v, mask, block_size=16, backend=_backend(backend, monkeypatch))
+    ref = block_sparse_attention(q, k, v, mask, block_size=16, backend="reference")
+    assert torch.equal(torch.isnan(out).any(-1), torch.isnan(ref).any(-1))
+    assert torch.isnan(out[..., :16, :]).all() and torch.isfinite(out[..., 16:, :]).all()
+
+
+@pytest.mark.parametrize("backend", ["torch", "reference", "triton"])
+def test_empty_query_or_key_sequences(backend):
+    q, k, v, _ = _case(1, 2, 20, 20, 16, 16, 16, torch.float32)
+    out, lse = block_sparse_attention(q[:, :, :0], k, v, torch.ones(1, 1, 0, 2, dtype=torch.bool), block_size=16,
+                                      return_lse=True, backend=backend)
+    assert out.shape == (1, 2, 0, 16) and lse.shape == (1, 2, 0)
+    out, lse = block_sparse_attention(q, k[:, :, :0], v[:, :, :0], torch.ones(1, 1, 2, 0, dtype=torch.bool),
+                                      block_size=16, return_lse=True, backend=backend)
+    assert (out == 0).all() and torch.isinf(lse).all() and out.shape == (1, 2, 20, 16)
+
+
+def test_mixed_devices_and_dtypes_are_refused_up_front():
+    q, k, v, mask = _case(1, 1, 20, 20, 16, 16, 16, torch.float32)
+    with pytest.raises(ValueError, match="one device.*meta"):
+        block_sparse_attention(q, k.to("meta"), v, mask, block_size=16)
+    with pytest.raises(ValueError, match="one floating dtype.*float16"):
+        block_sparse_attention(q, k.half(), v, mask, block_size=16)
+    with pytest.raises(ValueError, match="one floating dtype"):
+        block_sparse_attention(q.long(), k.long(), v.long(), mask, block_size=16)
+
+
+@pytest.mark.parametrize("backend", ["torch", "torch-gather"])
+@pytest.mark.parametrize("dv", [24, 8])
+def test_value_head_dim_may_differ_on_the_cpu_path(dv, backend, monkeypatch):
+    q, k, v, mask = _case(1, 2, 40, 40, 16, 16, 16, torch.float32, dv=dv, seed=4)
+    qs, ks, vs = (t.clone().requires_grad_() for t in (q, k, v))
+    out = block_sparse_attention(qs, ks, vs, mask, block_size=16, backend=_backend(backend, monkeypatch))
+    out.sum().backward()
+    qr, kr, vr = (t.double().requires_grad_() for t in (q, k, v))
+    ref = reference_attention(qr, kr, vr, mask, 16)
+    ref.sum().backward()
+    assert out.shape[-1] == dv and (out.double() - ref).abs().max() < 2e-5
+    for got, want in ((qs, qr), (ks, kr), (vs, vr)):
+        assert got.grad.shape == want.grad.shape and (got.grad.double() - want.grad).abs().max() < 1e-4

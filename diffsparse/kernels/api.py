@@ -38,6 +38,11 @@ def _validate(q, k, v, index: BlockIndex) -> None:
     B, H, sq, D = q.shape
     if k.shape[:2] != (B, H) or v.shape[:2] != (B, H) or k.shape[2] != v.shape[2] or k.shape[3] != D:
         raise ValueError(f"incompatible shapes q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if len({q.device, k.device, v.device}) != 1:
+        raise ValueError(f"q, k and v must be on one device, got {q.device}, {k.device}, {v.device}")
+    if len({q.dtype, k.dtype, v.dtype}) != 1 or q.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        raise ValueError(f"q, k and v must share one floating dtype (float32, float16, bfloat16; float64 on the "
+                         f"reference backend), got {q.dtype}, {k.dtype}, {v.dtype}")
     sk = k.shape[2]
     bm, hm, nq, nk = index.mask.shape
     want = (num_blocks(sq, index.block_q), num_blocks(sk, index.block_k))
@@ -93,6 +98,11 @@ def block_sparse_attention(
         index = build_block_index(block_mask, block_size)
     _validate(q, k, v, index)
     index = index.to(q.device)
+    if q.shape[2] == 0 or k.shape[2] == 0:  # nothing to attend: empty output, or rows that keep no block
+        B, H, Sq = q.shape[:3]
+        out = q.new_zeros(B, H, Sq, v.shape[-1])
+        lse = torch.full((B, H, Sq), float("-inf"), device=q.device)
+        return (out, lse) if return_lse else out
 
     auto_cuda = backend == "auto" and q.is_cuda
     if backend == "auto":

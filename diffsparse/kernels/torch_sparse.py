@@ -46,9 +46,14 @@ _PAD_SLACK = 0.05
 MASKED_LIMIT = 1 << 22
 
 
-def _use_masked(q: torch.Tensor, Sk: int) -> bool:
+def _use_masked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Short sequences run one masked call; not when a key or value is NaN/inf, which a masked call
+    would spread to every row (masking adds -inf to a NaN logit), where the gathered path keeps it
+    to the rows whose blocks hold it."""
     B, H, Sq, _ = q.shape
-    return q.device.type == "cpu" and q.dtype in (torch.float32, torch.float16, torch.bfloat16) and B * H * Sq * Sk <= MASKED_LIMIT
+    small = B * H * Sq * k.shape[2] <= MASKED_LIMIT
+    return (q.device.type == "cpu" and q.dtype in (torch.float32, torch.float16, torch.bfloat16) and small
+            and bool(torch.isfinite(k).all()) and bool(torch.isfinite(v).all()))
 
 
 @contextlib.contextmanager
@@ -203,6 +208,13 @@ def schedule(index: BlockIndex, B: int, H: int, Sq: int, Sk: int, width_elems: i
     return index._cache[key]
 
 
+def _same_head_size(q, k, v):
+    """Zero-pad q/k or v along the head dim to the larger of D and Dv."""
+    e = max(q.shape[-1], v.shape[-1])
+    grow = lambda x: torch.nn.functional.pad(x, (0, e - x.shape[-1])) if x.shape[-1] < e else x  # noqa: E731
+    return grow(q), grow(k), grow(v)
+
+
 def _rows(x: torch.Tensor, nq: int, bq: int) -> torch.Tensor:
     """`(B, H, S, E)` -> `(B*H*nq, bq, E)` (zero-padded to whole blocks; a view when S is a multiple)."""
     B, H, S, E = x.shape
@@ -305,7 +317,11 @@ def torch_block_sparse_attention(
     Sk, Dv = k.shape[2], v.shape[-1]
     bq, bk = index.block_q, index.block_k
     scale = 1.0 / math.sqrt(D) if scale is None else scale
-    if _use_masked(q, Sk):
+    if Dv != D:  # the fused CPU kernel wants one head size: zero channels change no logit and no output
+        q, k, v = _same_head_size(q, k, v)
+        out, lse = torch_block_sparse_attention(q, k, v, index, scale, True)
+        return (out[..., :Dv], lse) if return_lse else out[..., :Dv]
+    if _use_masked(q, k, v):
         add, empty = _token_mask(q, index, Sq, Sk)
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=add, scale=scale)
         out = torch.where(empty.unsqueeze(-1), torch.zeros((), dtype=out.dtype), out)
@@ -343,7 +359,13 @@ def torch_block_sparse_backward(q, k, v, out, lse, dout, index: BlockIndex, scal
     B, H, Sq, D = q.shape
     Sk, Dv = k.shape[2], v.shape[-1]
     bq, bk = index.block_q, index.block_k
-    if _use_masked(q, Sk):
+    if Dv != D:
+        qp, kp, vp = _same_head_size(q, k, v)
+        pad = (0, qp.shape[-1] - Dv)
+        dout_p, out_p = torch.nn.functional.pad(dout, pad), torch.nn.functional.pad(out, pad)
+        dq, dk, dv = torch_block_sparse_backward(qp, kp, vp, out_p, lse, dout_p, index, scale)
+        return dq[..., :D], dk[..., :D], dv[..., :Dv]
+    if _use_masked(q, k, v):
         add, _ = _token_mask(q, index, Sq, Sk)
         # Empty rows: out 0 and a finite lse make their probabilities exp(-inf - 0) = 0.
         lse0 = torch.where(torch.isfinite(lse), lse.float(), 0.0)
