@@ -13,6 +13,7 @@ from .geometry import Grid
 from .handle import Settings, SparseHandle
 from .hooks import StepTrackerHook, install_hook, remove_hook
 from .kernels import BACKENDS, normalize_block_size
+from .kernels.api import QUANTIZE
 from .methods import get_method
 from .parallel import check_parallel_support
 from .pipelines import find_adapter, supported_models
@@ -22,7 +23,7 @@ from .preview import plan_for
 logger = logging.getLogger("diffsparse")
 
 _HANDLE_ATTR = "_diffsparse_handle"
-_SHARED = ("dense_steps", "dense_layers", "block_size", "backend")
+_SHARED = ("dense_steps", "dense_layers", "block_size", "backend", "quantize")
 _CACHE = ("cache", "cache_interval", "cache_threshold")
 CACHES = ("flashblock",)
 
@@ -58,7 +59,10 @@ def _validate_shared(opts: dict, has_scheduler: bool) -> Settings:
         raise ValueError(f"dense_layers must be an int >= 0, got {dl!r}")
     if opts["backend"] not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {opts['backend']!r}")
-    return Settings(ds, dl, normalize_block_size(opts["block_size"]), opts["backend"])
+    if opts["quantize"] not in QUANTIZE:
+        raise ValueError(f"quantize must be one of {QUANTIZE} (\"int8\": SageAttention-style INT8 QK^T), "
+                         f"got {opts['quantize']!r}")
+    return Settings(ds, dl, normalize_block_size(opts["block_size"]), opts["backend"], quantize=opts["quantize"])
 
 
 def _check_backend(settings: Settings, method: Any, transformers: List[torch.nn.Module]) -> None:
@@ -101,7 +105,8 @@ def enable_sparse_attention(pipe: Any, method: str = "radial", **options: Any) -
         method: one of `list_methods()`.
         **options: shared - `dense_steps` (leading denoising steps run dense; int, or a fraction
             of the pipeline's steps), `dense_layers` (leading blocks run dense), `block_size`
-            (int or (bq, bk)), `backend` (kernel path); `cache="flashblock"` (residual reuse of the
+            (int or (bq, bk)), `backend` (kernel path), `quantize` (None or "int8": INT8 QK^T for
+            every sparse call, inference only); `cache="flashblock"` (residual reuse of the
             skipped blocks, any method) with `cache_interval` (refresh every N sparse steps of a
             layer, default 5) and `cache_threshold` (per-head cosine refresh, default 0.85); plus
             the method's own options (PARO: `plan=` a file from `calibrate`). Omitted options
@@ -120,7 +125,7 @@ def enable_sparse_attention(pipe: Any, method: str = "radial", **options: Any) -
     method_opts = {k: v for k, v in options.items() if k not in _SHARED + _CACHE}
     instance = method_cls(family, **method_opts)  # raises on unknown/invalid options
     preset = method_cls.presets.get(family, {})
-    shared = {"dense_steps": 0, "dense_layers": 0, "block_size": 128, "backend": "auto"}
+    shared = {"dense_steps": 0, "dense_layers": 0, "block_size": 128, "backend": "auto", "quantize": None}
     shared.update({k: preset[k] for k in _SHARED if k in preset})
     explicit = {k: options[k] for k in _SHARED if k in options}
     # A calibration plan (PARO) fixes settings of its own (the block size it was made with) and
@@ -162,22 +167,31 @@ def enable_sparse_attention(pipe: Any, method: str = "radial", **options: Any) -
     n_layers = len(modules) // len(transformers)
     handle = SparseHandle(instance, settings, family, transformers, pipe=None if pipe in transformers else pipe)
     handle.num_layers = n_layers
+    handle.adapter = adapter
+    _install(handle, modules)
+    return handle
+
+
+def _install(handle: SparseHandle, modules: List[Tuple[torch.nn.Module, Any]]) -> None:
+    """Hooks and processors of `handle` on its transformers; `modules` pairs each self-attention module
+    with its stock processor. On failure everything installed so far is undone."""
+    adapter = handle.adapter
     try:
-        for t in transformers:
+        for t in handle.transformers:
             hook = StepTrackerHook(handle.state, adapter.read_context, handle.on_pipeline_reset)
             install_hook(t, hook)
         for i, (module, original) in enumerate(modules):
             handle.originals.append((module, original))
-            proc = adapter.make_processor(handle, i % n_layers)
+            proc = adapter.make_processor(handle, i % handle.num_layers)
             proc._attention_backend = getattr(original, "_attention_backend", None)
             proc._parallel_config = getattr(original, "_parallel_config", None)
             module.set_processor(proc)
-        for t in transformers:
+        for t in handle.transformers:
             setattr(t, _HANDLE_ATTR, handle)
+        handle.active = True
     except Exception:
         _restore(handle)
         raise
-    return handle
 
 
 def _current_processor(module: torch.nn.Module) -> Any:
@@ -190,6 +204,10 @@ def _owner(processor: Any) -> Any:
 
 def _restore(handle: SparseHandle) -> None:
     for module, original in reversed(handle.originals):
+        current = _current_processor(module)
+        if _owner(current) is handle and hasattr(original, "_attention_backend"):
+            # `set_attention_backend` while sparse attention was on set it on our processor: keep it
+            original._attention_backend = getattr(current, "_attention_backend", None)
         module.set_processor(original)
     handle.originals.clear()
     for t in handle.transformers:
@@ -218,12 +236,18 @@ def get_handle(pipe: Any) -> SparseHandle | None:
 
 @contextlib.contextmanager
 def sparse_attention(pipe: Any, method: str = "radial", **options: Any) -> Iterator[SparseHandle]:
-    """`with sparse_attention(pipe, method="grat") as handle: ...` - enabled inside, restored after."""
+    """`with sparse_attention(pipe, method="grat") as handle: ...` - enabled inside; on exit the
+    configuration active before (none, or an earlier handle, which becomes active again) is restored."""
+    previous = get_handle(pipe)
     handle = enable_sparse_attention(pipe, method, **options)
     try:
         yield handle
     finally:
         disable_sparse_attention(pipe)
+        if previous is not None:
+            previous.reset()
+            _install(previous, [(m, _current_processor(m)) for t in previous.transformers
+                                for m in previous.adapter.self_attention_modules(t)])
 
 
 #: latent token grid of a (frames, height, width) video in pixels, per model family

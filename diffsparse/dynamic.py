@@ -7,9 +7,10 @@ per-layer cache dict owned by the handle. It returns a `DynamicLayout`: a video 
 head allowed), an optional token order (per head allowed), or an output it already computed.
 
 `DynamicEngine` (one per handle) runs that protocol:
-- caches live in the engine, keyed by (layer, call slot, geometry) and cleared at the end of
-  every pipeline call; the call slot tells apart the several transformer calls of one step
-  (CFG's conditional and unconditional passes run as separate calls in Wan);
+- caches live in the engine, keyed by (layer, call slot, geometry, video) and cleared at the end of
+  every pipeline call; the call slot tells apart the several transformer calls of one step (CFG's
+  conditional and unconditional passes: the pipeline's cache-context name where it gives one), and
+  a batch is decided video by video, so no video's layout depends on its batch mates;
 - a call repeated with the same `forward_id` (gradient checkpointing recomputes a block in
   backward) gets the layout decided the first time, without asking the method again, so no
   cache is mutated twice and the recompute does the same arithmetic as the forward;
@@ -87,7 +88,7 @@ class DynamicContext:
     step: int
     num_steps: Optional[int]  # the pipeline's step count (None for a bare transformer)
     forward_id: int
-    slot: int  # index of this transformer call within the step (CFG branches)
+    slot: Hashable  # which transformer call of the step: the pipeline's branch name ("cond"/"uncond") or index
     spans: TokenSpans
     block_q: int
     block_k: int
@@ -224,11 +225,13 @@ class DynamicEngine:
         k: torch.Tensor,
         v: torch.Tensor,
         shard: Optional[HeadShard] = None,
+        sample: Optional[int] = None,
     ) -> Tuple[Plan, Optional[torch.Tensor], Optional[str]]:
-        """(plan to execute or account for, output already computed in model order or None, quantize)."""
+        """(plan to execute or account for, output already computed in model order or None, quantize).
+        `sample`: the batch index of a one-video call (caches are kept per video)."""
         bq, bk = handle.settings.block_size
         kt = None if key_text is None else tuple(key_text.tolist())
-        geometry = (spans, kt, q.shape[0], str(q.device))
+        geometry = (spans, kt, q.shape[0], str(q.device), sample)
         entry_key = (layer, slot) + geometry
         cache = self._caches.setdefault(entry_key, {})
         base = self.base_plan(spans, key_text, bq, bk, q.device)

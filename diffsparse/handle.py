@@ -52,6 +52,7 @@ class Settings:
     dense_layers: int = 0
     block_size: Tuple[int, int] = (128, 128)
     backend: str = "auto"
+    quantize: Optional[str] = None  # "int8": INT8 QK^T (SageAttention-style) in every sparse call
     cache: Optional[str] = None  # "flashblock": residual reuse of the skipped blocks (flashblock.py)
     cache_interval: int = 5  # FlashBlock: every head refreshes its residual every N sparse calls of a layer
     cache_threshold: float = 0.85  # FlashBlock: a head refreshes early when its cosine drift falls below
@@ -70,6 +71,7 @@ class SparseHandle:
     originals: List[Tuple[torch.nn.Module, Any]] = field(default_factory=list)
     num_layers: int = 0
     active: bool = True
+    adapter: Any = None  # the model family's adapter class (pipelines/), set by the API
     _layouts: Dict[Tuple, Tuple[Optional[torch.Tensor], torch.Tensor]] = field(default_factory=dict, repr=False)
     _plans: Dict[Tuple, Plan] = field(default_factory=dict, repr=False)
     _layer_stats: Dict[int, LayerStats] = field(default_factory=dict, repr=False)
@@ -98,19 +100,25 @@ class SparseHandle:
         ds = self.settings.dense_steps
         if isinstance(ds, int):
             return ds
-        if self._num_steps is None:
-            self._num_steps = self._pipeline_steps()
-        return int(round(ds * self._num_steps)) if self._num_steps else 0
-
-    def _pipeline_steps(self) -> Optional[int]:
-        timesteps = getattr(getattr(self.pipe, "scheduler", None), "timesteps", None)
-        return None if timesteps is None else len(timesteps)
+        steps = self.pipeline_steps()
+        return int(round(ds * steps)) if steps else 0
 
     def pipeline_steps(self) -> Optional[int]:
-        """Denoising steps of the running pipeline call (None for a bare transformer)."""
+        """Denoising steps of the running pipeline call: the calling pipeline's (read by the step hook),
+        else the enabled pipeline's scheduler; None for a bare transformer."""
+        if self.state.num_steps:
+            return self.state.num_steps
         if self._num_steps is None:
-            self._num_steps = self._pipeline_steps()
+            timesteps = getattr(getattr(self.pipe, "scheduler", None), "timesteps", None)
+            self._num_steps = None if timesteps is None else len(timesteps)
         return self._num_steps
+
+    def branch(self) -> Any:
+        """Which call of the step this is: the pipeline's cache-context name ("cond", "uncond"), else its
+        index within the step (pipelines that set no context)."""
+        if self.state.branch is not None:
+            return self.state.branch
+        return self._slots.slot(self.state.step, self.state.forward_id)
 
     @torch.compiler.disable
     def runs_dense(self, layer: int) -> bool:
@@ -197,16 +205,22 @@ class SparseHandle:
             self._fallback(reason)
             self._record(layer, dense=True)
             return dense()
+        dynamic = self.dynamic
+        if dynamic is not None and q.shape[0] > 1:
+            # Dynamic layouts are searched per video: one sample's layout never depends on its batch mates.
+            groups = [(torch.tensor([b]) if rows is None else rows[i : i + 1], spans, key_text)
+                      for rows, spans, key_text in groups
+                      for i, b in enumerate(range(q.shape[0]) if rows is None else rows.tolist())]
         out = q.new_empty(q.shape[:3] + (v.shape[-1],)) if len(groups) > 1 else None
         kept = total = 0
-        dynamic = self.dynamic
         head_kept = None if dynamic is None else torch.zeros(q.shape[2], dtype=torch.float64)  # per-head stats
-        slot = self._slots.slot(self.state.step, self.state.forward_id)  # which call of this step (CFG branch)
+        slot = self.branch()
         for rows, spans, key_text in groups:
             qg, kg, vg = (x if rows is None else x[rows] for x in (q, k, v))
             og, quantize = None, None
             if dynamic is not None:
-                plan, og, quantize = dynamic.decide(self, layer, slot, spans, key_text, qg, kg, vg, shard)
+                sample = None if rows is None else int(rows[0])
+                plan, og, quantize = dynamic.decide(self, layer, slot, spans, key_text, qg, kg, vg, shard, sample)
             else:
                 plan = self.plan(spans, key_text, q.device)
             if og is None:
@@ -225,6 +239,7 @@ class SparseHandle:
 
     def _execute(self, layer, slot, spans, key_text, plan: Plan, q, k, v, quantize: Optional[str]) -> torch.Tensor:
         """Run a plan, through the FlashBlock residual cache when it is on."""
+        quantize = quantize or self.settings.quantize
         if self._flashblock is None:
             return run_plan(plan, q, k, v, self.settings.backend, quantize, self.flex_fn())
         kt = None if key_text is None else tuple(key_text.tolist())
@@ -329,6 +344,7 @@ class SparseHandle:
             "dense_steps": self.settings.dense_steps,
             "dense_layers": self.settings.dense_layers,
             "block_size": self.settings.block_size,
+            "quantize": self.settings.quantize,
             "density": kept / total if total else None,
             "sparse_calls": sum(s.sparse_calls for s in self._layer_stats.values()),
             "dense_calls": sum(s.dense_calls for s in self._layer_stats.values()),

@@ -3,18 +3,31 @@
 Processors never see the latent grid or the denoising step, so a pre-forward hook on the
 transformer reads them and writes them into a `StepState` shared by all processors of a handle
 (and by both experts of Wan 2.2). The step advances when the timestep changes, which works for
-every pipeline and makes the cond/uncond passes of CFG share a step. The hook is stateful, so
-`pipe.maybe_free_model_hooks()` (called at the end of every pipeline call) resets it.
+every pipeline and makes the cond/uncond passes of CFG share a step.
+
+Each pipeline call starts fresh, also after a call that was stopped by an exception:
+- Diffusers pipelines wrap every denoiser call in `transformer.cache_context(name, ...)`; the hook
+  holds a `StateManager` that receives that context, so the CFG branch is its *name* ("cond",
+  "uncond"), not a guess from call order, and a step index going back (or, without one, the
+  timestep going up: timesteps fall during a call) means a new call began: the state resets;
+- `pipe.maybe_free_model_hooks()` (called at the end of every successful pipeline call) resets it
+  too, since the hook is stateful;
+- the step count for `dense_steps` fractions is the *calling* pipeline's (the context's
+  `num_inference_steps`, else the pipeline object found on the call stack), so two pipelines
+  sharing one transformer each get their own.
+A bare transformer called without a cache context keeps counting until `handle.reset()`.
 """
 
 from __future__ import annotations
 
 import inspect
+import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Hashable, Optional, Tuple
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks.hooks import BaseState, StateManager
 
 from .geometry import Grid
 
@@ -33,14 +46,48 @@ class StepState:
 
     step: int = -1  # denoising step index; -1 before the first forward
     timestep: Optional[float] = None
-    forward_id: int = 0  # increments every transformer forward (dedupes checkpoint recomputes)
+    forward_id: int = 0  # increments every transformer forward, never reset (dedupes checkpoint recomputes)
     grid: Optional[Grid] = None
     text_len: int = 0
     geometry_error: Optional[str] = None  # why the grid could not be read, if it could not
+    branch: Optional[Hashable] = None  # the pipeline's name for this call ("cond"/"uncond"), if it gave one
+    num_steps: Optional[int] = None  # denoising steps of the calling pipeline call (0: none found), once looked up
+    context: Any = None  # the Diffusers CacheContext set around the current call, if any
 
     def reset(self) -> None:
-        self.step, self.timestep, self.forward_id = -1, None, 0
+        self.step, self.timestep = -1, None
         self.grid, self.text_len, self.geometry_error = None, 0, None
+        self.branch, self.num_steps = None, None
+
+
+class _ContextTap(StateManager):
+    """Receives the `CacheContext` Diffusers sets on stateful hooks around each denoiser call."""
+
+    def __init__(self, state: StepState) -> None:
+        super().__init__(BaseState)
+        self.step_state = state
+
+    def set_context(self, context: Any) -> None:
+        super().set_context(context)
+        self.step_state.context = context
+
+
+def calling_pipeline_steps(module: torch.nn.Module, max_depth: int = 40) -> Optional[int]:
+    """Denoising steps of the pipeline call that is running `module` (found on the call stack), or None."""
+    frame = sys._getframe(1)
+    for _ in range(max_depth):
+        if frame is None:
+            return None
+        owner = frame.f_locals.get("self")
+        if owner is not None and hasattr(owner, "scheduler") and module in (
+                getattr(owner, "transformer", None), getattr(owner, "transformer_2", None)):
+            steps = getattr(owner, "_num_timesteps", None)  # set by Diffusers pipelines before their loop
+            if steps is None:
+                timesteps = getattr(owner.scheduler, "timesteps", None)
+                steps = None if timesteps is None else len(timesteps)
+            return steps
+        frame = frame.f_back
+    return None
 
 
 class StepTrackerHook(ModelHook):
@@ -51,6 +98,7 @@ class StepTrackerHook(ModelHook):
     def __init__(self, state: StepState, reader: ContextReader, on_reset: Callable[[], None]) -> None:
         super().__init__()
         self.state, self.reader, self.on_reset = state, reader, on_reset
+        self.context_tap = _ContextTap(state)  # found by Diffusers' cache_context among our attributes
         self._signature: Optional[inspect.Signature] = None
 
     def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
@@ -67,12 +115,27 @@ class StepTrackerHook(ModelHook):
             grid, timestep, text_len = None, bound.get("timestep"), 0
             self.state.geometry_error = str(err)
         st = self.state
+        t = None if timestep is None else float(torch.as_tensor(timestep).float().max())
+        ctx = st.context
+        if ctx is not None and st.step >= 0:
+            index = getattr(ctx, "step_index", None)
+            went_back = index < st.step if index is not None else (t is not None and st.timestep is not None
+                                                                    and t > st.timestep)
+            if went_back:  # a new pipeline call after one that did not finish
+                st.reset()
+                self.on_reset()
         st.grid, st.text_len = grid, text_len
         st.forward_id += 1
-        t = None if timestep is None else float(torch.as_tensor(timestep).float().max())
-        if t is None or t != st.timestep:
+        st.branch = None if ctx is None else ctx.name
+        index = None if ctx is None else getattr(ctx, "step_index", None)
+        if index is not None:
+            if index != st.step:
+                st.step, st.timestep = index, t
+        elif t is None or t != st.timestep:
             st.step += 1
             st.timestep = t
+        if st.num_steps is None:  # once per call; 0: no pipeline found (a bare transformer)
+            st.num_steps = getattr(ctx, "num_inference_steps", None) or calling_pipeline_steps(module) or 0
         return args, kwargs
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:

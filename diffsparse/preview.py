@@ -19,7 +19,8 @@ from .pipelines import ADAPTERS
 from .plan import Plan, build_plan
 
 # Options the handle takes for every method; they do not change a static layout.
-SHARED_OPTIONS = ("dense_steps", "dense_layers", "block_size", "backend", "cache", "cache_interval", "cache_threshold")
+SHARED_OPTIONS = ("dense_steps", "dense_layers", "block_size", "backend", "quantize", "cache", "cache_interval",
+                  "cache_threshold")
 
 
 def families() -> Tuple[str, ...]:

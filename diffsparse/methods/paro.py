@@ -2,7 +2,8 @@
 
 At run time each head's Q/K/V are permuted into the axis order chosen for it at calibration
 (FHW, FWH, HWF, HFW, WHF or WFH), block-sparse attention runs with the mask of the current
-timestep bucket, and the output is permuted back; `quantize="int8"` runs QK^T in INT8. Make the
+timestep bucket, and the output is permuted back (`quantize="int8"`, shared by every method, runs
+QK^T in INT8). Make the
 plan with `diffsparse.calibrate(pipe, method="paro", ...)` (see calibration.py). The plan fixes
 the block size and refuses another model or another latent grid with a clear error.
 PAROAttention, Zhao et al. 2025.
@@ -13,7 +14,7 @@ from __future__ import annotations
 import os
 
 from ..dynamic import DynamicContext, DynamicLayout, DynamicMethod
-from .base import SparseMethod, choice, optional
+from .base import SparseMethod
 
 
 def plan_option(name, value):
@@ -28,7 +29,7 @@ def plan_option(name, value):
 
 class Paro(DynamicMethod, SparseMethod):
     name = "paro"
-    options = {"plan": plan_option, "quantize": optional(choice("int8"))}
+    options = {"plan": plan_option}
     presets = {family: {"dense_steps": 0, "dense_layers": 0} for family in ("wan", "hunyuan", "flux")}
 
     def check(self):
@@ -58,7 +59,7 @@ class Paro(DynamicMethod, SparseMethod):
         shard = None if ctx.shard is None else ctx.shard.start  # under Ulysses: this rank's heads only
         return DynamicLayout(
             mask=ctx.local_heads(plan.mask(bucket, ctx.layer)), order=ctx.local_heads(plan.head_orders(ctx.layer)),
-            key=("paro", id(plan), bucket, ctx.layer, shard), persistent=True, quantize=self.quantize,
+            key=("paro", id(plan), bucket, ctx.layer, shard), persistent=True,
         )
 
     def video_layout(self, grid, block_q, block_k):
@@ -69,7 +70,7 @@ class Paro(DynamicMethod, SparseMethod):
 
     @property
     def key(self):
-        return (self.name, id(self.plan), self.quantize)
+        return (self.name, id(self.plan))
 
     def describe(self):
-        return {"method": self.name, "plan": self.plan.summary(), "quantize": self.quantize}
+        return {"method": self.name, "plan": self.plan.summary()}
