@@ -19,7 +19,7 @@ def output_name(index: int, prompt: str) -> str:
 
 
 def _worker(rank: int, world: int, prompts: List[str], out_dir: str, method: Optional[str], model: Optional[str],
-            options: Dict[str, Any], method_options: Dict[str, Any]) -> None:
+            options: Dict[str, Any], method_options: Dict[str, Any], fps: int = 8) -> None:
     import torch
     from diffusers.utils import export_to_video
 
@@ -35,7 +35,7 @@ def _worker(rank: int, world: int, prompts: List[str], out_dir: str, method: Opt
     for index in range(rank, len(prompts), world):
         result = R.render(pipe, method, prompt=prompts[index], **options, **method_options)
         path = os.path.join(out_dir, output_name(index, prompts[index]))
-        export_to_video(list(result.frames), path, fps=8)
+        export_to_video(list(result.frames), path, fps=fps)
         density = result.stats["density"] if result.stats else None
         done.append({"index": index, "prompt": prompts[index], "file": os.path.basename(path),
                      "dit_seconds": result.dit_seconds, "density": density})
@@ -50,16 +50,20 @@ def render_batch(
     num_processes: int = 1,
     model: Optional[str] = None,
     method_options: Optional[Dict[str, Any]] = None,
+    fps: int = 8,
     **options: Any,
 ) -> List[Dict[str, Any]]:
-    """Render every prompt once across `num_processes` processes; returns the manifest (also `manifest.json`)."""
+    """Render every prompt once across `num_processes` processes, videos written at `fps`; returns the manifest
+    (also `manifest.json`)."""
     if not prompts:
         raise ValueError("no prompts to render")
-    if num_processes < 1:
-        raise ValueError(f"num_processes must be >= 1, got {num_processes}")
+    if isinstance(num_processes, bool) or not isinstance(num_processes, int) or num_processes < 1:
+        raise ValueError(f"num_processes must be an int >= 1, got {num_processes!r}")
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0:
+        raise ValueError(f"fps must be a positive number, got {fps!r}")
     os.makedirs(out_dir, exist_ok=True)
     world = min(num_processes, len(prompts))
-    args = (world, prompts, out_dir, method, model, options, method_options or {})
+    args = (world, prompts, out_dir, method, model, options, method_options or {}, fps)
     if world == 1:
         _worker(0, *args)
     else:

@@ -66,18 +66,66 @@ def test_gif_is_read_with_its_frame_rate(tmp_path):
     assert r["metrics"]["ssim"]["value"] == pytest.approx(1.0)
 
 
-def test_eval_errors_name_the_problem(tmp_path):
+def refused(capsys, argv, *fragments):
+    """`main(argv)` exits with status 2 and one stderr line `error: ...` holding every fragment, no traceback."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def test_eval_errors_name_the_problem(tmp_path, capsys):
     (tmp_path / "c").mkdir()
     (tmp_path / "r").mkdir()
     write(tmp_path / "c" / "only_here.mp4", clip())
-    with pytest.raises(SystemExit, match="only_here.mp4"):
-        main(["eval", str(tmp_path / "c"), "--reference", str(tmp_path / "r")])
-    with pytest.raises(SystemExit, match="does not exist"):
-        main(["eval", str(tmp_path / "missing.mp4")])
-    with pytest.raises(SystemExit, match="is a file but reference"):
-        main(["eval", str(tmp_path / "c" / "only_here.mp4"), "--reference", str(tmp_path / "r")])
-    with pytest.raises(SystemExit, match="no videos"):
-        main(["eval", str(tmp_path / "r")])
+    refused(capsys, ["eval", str(tmp_path / "c"), "--reference", str(tmp_path / "r")], "only_here.mp4")
+    refused(capsys, ["eval", str(tmp_path / "missing.mp4")], "does not exist")
+    refused(capsys, ["eval", str(tmp_path / "c" / "only_here.mp4"), "--reference", str(tmp_path / "r")],
+            "is a file but reference")
+    refused(capsys, ["eval", str(tmp_path / "r")], "no videos")
+    (tmp_path / "notes.txt").write_text("hello")
+    refused(capsys, ["eval", str(tmp_path / "notes.txt")], "is not a video file", ".mp4")
     (tmp_path / "bad.mp4").write_bytes(b"not a video")
-    with pytest.raises(SystemExit, match="cannot read video"):
-        main(["eval", str(tmp_path / "bad.mp4")])
+    line = refused(capsys, ["eval", str(tmp_path / "bad.mp4"), "--json", str(tmp_path / "b.json")],
+                   "cannot read video", "bad.mp4", "Invalid data")
+    assert "ffmpeg version" not in line and "configuration:" not in line  # no banner
+
+
+@pytest.mark.parametrize("argv, fragments", [
+    (["--json", "{missing}/r.json"], ["--json", "does not exist"]),
+    (["--json", "{tmp}"], ["--json", "must end in .json"]),
+    (["--fps", "-3"], ["--fps", "must be a number >= 1, got '-3'"]),
+    (["--fps", "0"], ["--fps", "got '0'"]),
+    (["--fps", "nan"], ["--fps", "got 'nan'"]),
+])
+def test_eval_refuses_bad_options_before_reading_videos(tmp_path, capsys, argv, fragments):
+    write(tmp_path / "x.mp4", clip())
+    argv = [a.format(missing=tmp_path / "missing", tmp=tmp_path) for a in argv]
+    refused(capsys, ["eval", str(tmp_path / "x.mp4"), *argv], *fragments)
+
+
+def test_eval_of_an_unreadable_file_prints_one_line_without_the_ffmpeg_banner(tmp_path):
+    (tmp_path / "bad.mp4").write_bytes(b"not a video")
+    proc = subprocess.run([sys.executable, "-m", "diffsparse", "eval", "bad.mp4"], capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: cannot read video 'bad.mp4'"), proc.stderr
+    assert "ffmpeg version" not in proc.stderr and not (tmp_path / "eval.json").exists()
+
+
+def test_reader_error_keeps_ffmpegs_complaint_only():
+    from diffsparse.metrics.video import reader_error
+
+    err = OSError("Could not load meta information\n=== stderr ===\n\nffmpeg version n7 Copyright (c) the FFmpeg "
+                  "developers\n  built with gcc 13\n  configuration: --enable-gpl\n  libavutil      59. 1.100\n"
+                  "[in#0 @ 0x5] moov atom not found\n"
+                  "Error opening input files: Invalid data found when processing input")
+    assert reader_error(err) == ("Could not load meta information (ffmpeg: Error opening input files: Invalid data "
+                                 "found when processing input)")
+    assert reader_error(ValueError("plain message")) == "plain message"

@@ -121,6 +121,55 @@ def test_training_writes_checkpoint_resumes_and_exports(tmp_path):
         assert "_name_or_path" not in json.load(f)
 
 
+def _stop_after_one_step(pipe, i, t, callback_kwargs):
+    """A `callback_on_step_end` that skips the remaining steps (Diffusers' interrupt): a full-length call costs one."""
+    pipe._interrupt = True
+    return callback_kwargs
+
+
+def test_shipped_video_pipeline_defaults_to_its_trained_settings_with_a_progress_bar(capsys):
+    from diffusers import WanPipeline
+
+    import diffsparse
+    from diffsparse.reference import VIDEO_DEFAULTS, VIDEO_WEIGHTS, available, load_pipeline
+
+    if not available("video"):
+        pytest.skip(f"no shipped weights under {VIDEO_WEIGHTS}")
+    with open(os.path.join(VIDEO_WEIGHTS, "training.json")) as f:
+        trained = json.load(f)["config"]
+    pipe = load_pipeline("video")
+    assert isinstance(pipe, WanPipeline)
+    assert pipe.call_defaults == {**VIDEO_DEFAULTS, "num_frames": trained["frames"], "height": trained["height"],
+                                  "width": trained["width"]}
+    assert (trained["frames"], trained["height"], trained["width"]) == (17, 64, 64)
+    capsys.readouterr()
+    video = pipe(prompt="a blue circle bouncing", generator=torch.Generator().manual_seed(0), output_type="np",
+                 callback_on_step_end=_stop_after_one_step).frames[0]
+    assert video.shape == (17, 64, 64, 3)  # not Wan's 81 x 480 x 832
+    assert pipe.num_timesteps == VIDEO_DEFAULTS["num_inference_steps"] and pipe.guidance_scale == 4.0
+    assert f"/{VIDEO_DEFAULTS['num_inference_steps']}" in capsys.readouterr().err  # Diffusers' progress bar is on
+    # anything passed wins, by name or by position
+    video = pipe("a blue circle bouncing", None, 32, 48, 5, num_inference_steps=1, guidance_scale=1.0,
+                 output_type="np").frames[0]
+    assert video.shape == (5, 32, 48, 3) and pipe.num_timesteps == 1 and pipe.guidance_scale == 1.0
+    pipe.set_progress_bar_config(disable=True)  # users can turn the bar off
+    capsys.readouterr()
+    pipe(prompt="x", num_frames=1, height=16, width=16, num_inference_steps=1, output_type="np")
+    assert "/1" not in capsys.readouterr().err
+    with diffsparse.sparse_attention(pipe, method="radial") as handle:  # still a pipeline diffsparse patches
+        assert diffsparse.get_handle(pipe) is handle
+
+
+def test_call_defaults_come_from_the_weights_training_record(tmp_path):
+    from diffsparse.reference import VIDEO_DEFAULTS
+    from diffsparse.reference.pipelines import call_defaults
+
+    assert call_defaults(str(tmp_path), VIDEO_DEFAULTS) == VIDEO_DEFAULTS  # no training.json: the constants
+    (tmp_path / "training.json").write_text(json.dumps({"config": {"frames": 5, "height": 16, "width": 32}}))
+    assert call_defaults(str(tmp_path), VIDEO_DEFAULTS) == {**VIDEO_DEFAULTS, "num_frames": 5, "height": 16,
+                                                            "width": 32}
+
+
 def test_shipped_video_pipeline_renders_offline(monkeypatch):
     from diffsparse.reference import VIDEO_WEIGHTS, available, load_pipeline
 

@@ -98,6 +98,33 @@ def test_image_training_resumes_exports_and_renders_through_flux_pipeline(tmp_pa
     np.testing.assert_allclose(same, dense, atol=1e-4)
 
 
+def test_shipped_image_pipeline_defaults_to_its_trained_settings_with_a_progress_bar(capsys):
+    from diffusers import FluxPipeline
+
+    from diffsparse.reference import IMAGE_DEFAULTS, IMAGE_WEIGHTS, available, load_pipeline
+    from diffsparse.reference.pipelines import ReferenceFluxPipeline, _fill
+
+    if not available("image"):
+        pytest.skip(f"no shipped image weights under {IMAGE_WEIGHTS}")
+    pipe = load_pipeline("image")
+    assert isinstance(pipe, FluxPipeline) and pipe.call_defaults == IMAGE_DEFAULTS
+
+    def stop(p, i, t, callback_kwargs):  # skip the remaining steps: a full-length call costs one
+        p._interrupt = True
+        return callback_kwargs
+
+    capsys.readouterr()
+    img = pipe(prompt="a blue circle in the centre on a plain background", output_type="np",
+               generator=torch.Generator().manual_seed(0), callback_on_step_end=stop).images[0]
+    assert img.shape == (IMAGE_DEFAULTS["height"], IMAGE_DEFAULTS["width"], 3) == (128, 128, 3)  # not 1024 x 1024
+    assert pipe.num_timesteps == IMAGE_DEFAULTS["num_inference_steps"]
+    assert f"/{IMAGE_DEFAULTS['num_inference_steps']}" in capsys.readouterr().err  # the progress bar is on
+    # a negative prompt given as embeddings keeps the default empty negative prompt out (FLUX refuses both)
+    filled = _fill(super(ReferenceFluxPipeline, pipe).__call__, pipe.call_defaults, ("a prompt",),
+                   {"negative_prompt_embeds": torch.zeros(1), "height": 64})
+    assert "negative_prompt" not in filled and filled["height"] == 64 and filled["true_cfg_scale"] == 4.0
+
+
 def test_shipped_image_pipeline_renders_offline(monkeypatch):
     from diffsparse.reference import IMAGE_WEIGHTS, available, load_pipeline
 

@@ -29,6 +29,23 @@ def to_uint8(video) -> np.ndarray:
     return np.ascontiguousarray(v)
 
 
+#: ffmpeg's start-up banner (version, build, configuration, library versions), which imageio-ffmpeg puts into its
+#: error messages ahead of ffmpeg's actual complaint
+_FFMPEG_BANNER = ("ffmpeg version", "built with", "configuration:", "libav", "libsw", "libpostproc")
+
+
+def reader_error(err: BaseException) -> str:
+    """One line for a failed video read: imageio's message, and for an ffmpeg failure (imageio-ffmpeg appends the
+    subprocess's whole stderr after `=== stderr ===`) ffmpeg's last line without its banner."""
+    head, _, stderr = str(err).partition("=== stderr ===")
+    lines = [line.strip() for line in head.splitlines() if line.strip()]
+    message = lines[0] if lines else type(err).__name__
+    said = [line for line in (raw.strip() for raw in stderr.splitlines()) if line and not line.startswith(_FFMPEG_BANNER)]
+    if said:
+        message += f" (ffmpeg: {said[-1]})"
+    return message
+
+
 def load_video(path: str) -> Tuple[np.ndarray, float]:
     """(uint8 frames `(T, H, W, 3)`, fps) of a video file; clear errors for missing/unreadable files."""
     import imageio.v3 as iio
@@ -39,7 +56,7 @@ def load_video(path: str) -> Tuple[np.ndarray, float]:
         frames = iio.imread(path, index=None)
         meta = iio.immeta(path)
     except Exception as e:  # imageio raises many types; name the file
-        raise ValueError(f"cannot read video {path!r}: {type(e).__name__}: {e}") from e
+        raise ValueError(f"cannot read video {path!r}: {reader_error(e)}") from e
     fps = float(meta.get("fps") or (1000.0 / meta["duration"] if meta.get("duration") else 8.0))
     frames = to_uint8(frames)
     if frames.shape[0] < 2:

@@ -1,13 +1,17 @@
 """Small trained reference models shipped with diffsparse (offline, no downloads).
 
     from diffsparse.reference import load_pipeline
-    pipe = load_pipeline("video")                    # a ready diffusers.WanPipeline
-    video = pipe(prompt="a red square moving left on a striped background", num_frames=17,
-                 height=64, width=64, num_inference_steps=20, guidance_scale=4.0,
-                 generator=torch.Generator().manual_seed(0), output_type="np").frames[0]
+    pipe = load_pipeline("video")                    # a ready diffusers.WanPipeline (subclass)
+    video = pipe(prompt="a red square moving left on a striped background",
+                 generator=torch.Generator().manual_seed(0), output_type="np").frames[0]   # 17 x 64 x 64
 
-    image = load_pipeline("image")(prompt="a red square in the top left on a striped background",
-                                   negative_prompt="", true_cfg_scale=4.0, height=128, width=128).images[0]
+    image = load_pipeline("image")(prompt="a red square in the top left on a striped background").images[0]
+
+A call that leaves out the size, length, steps or guidance takes the model's trained settings (`VIDEO_DEFAULTS`:
+64x64, 17 frames, 20 steps, guidance 4.0; `IMAGE_DEFAULTS`: 128x128, 20 steps, true CFG 4.0 with an empty
+negative prompt), not Diffusers' defaults for the released models (Wan: 480x832, 81 frames, 50 steps), which
+would run for many minutes on a CPU. Both show Diffusers' progress bar; `pipe.set_progress_bar_config(disable=True)`
+turns it off.
 
 The video model is a small `WanTransformer3DModel` with a tiny T5 text encoder and a linear (PCA)
 space-to-depth autoencoder (`vae.SpaceToDepthVAE`), trained with `diffsparse.reference.train` on the
@@ -29,8 +33,9 @@ WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights"
 VIDEO_WEIGHTS = os.path.join(WEIGHTS_DIR, "video")
 IMAGE_WEIGHTS = os.path.join(WEIGHTS_DIR, "image")
 
-# what the model was trained at (it was also fine-tuned at 128x128); RoPE lets it render other sizes and lengths
-# (quality degrades away from these)
+# what a call leaves out takes: the size and length the model was trained at (it was also fine-tuned at 128x128;
+# RoPE lets it render other sizes and lengths, quality degrades away from these) and the sampler settings
+# `evaluate.py` / `evaluate_image.py` measure with
 VIDEO_DEFAULTS = {"num_frames": 17, "height": 64, "width": 64, "num_inference_steps": 20, "guidance_scale": 4.0}
 IMAGE_DEFAULTS = {"height": 128, "width": 128, "num_inference_steps": 20, "true_cfg_scale": 4.0, "negative_prompt": ""}
 
@@ -41,10 +46,12 @@ def available(kind: str = "video") -> bool:
 
 
 def load_video_pipeline(path: str = VIDEO_WEIGHTS, device: str = "cpu", dtype: Optional[torch.dtype] = None):
-    """A `WanPipeline` from a weights folder written by `train.py` (`Trainer.export`)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+    """A `WanPipeline` (`ReferenceWanPipeline`) from a weights folder written by `train.py` (`Trainer.export`); a call
+    without sizes, length, steps or guidance uses the ones the weights were trained at (`call_defaults`)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
     from transformers import PreTrainedTokenizerFast, T5EncoderModel
 
+    from .pipelines import ReferenceWanPipeline, call_defaults
     from .vae import SpaceToDepthVAE
 
     if not os.path.isfile(os.path.join(path, "transformer", "config.json")):
@@ -56,9 +63,9 @@ def load_video_pipeline(path: str = VIDEO_WEIGHTS, device: str = "cpu", dtype: O
     vae = SpaceToDepthVAE.from_pretrained(os.path.join(path, "vae"), **kw)
     scheduler = FlowMatchEulerDiscreteScheduler.from_config(
         FlowMatchEulerDiscreteScheduler.load_config(os.path.join(path, "scheduler")))
-    pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
-                       transformer=transformer)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = ReferenceWanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
+                                transformer=transformer)
+    pipe.call_defaults = call_defaults(path, VIDEO_DEFAULTS)
     pipe = pipe.to(device)
     if dtype is not None:
         pipe.transformer.to(dtype)
@@ -66,16 +73,18 @@ def load_video_pipeline(path: str = VIDEO_WEIGHTS, device: str = "cpu", dtype: O
 
 
 def load_image_pipeline(path: str = IMAGE_WEIGHTS, device: str = "cpu", dtype: Optional[torch.dtype] = None):
-    """A `FluxPipeline` from a weights folder written by `train_image.py` (`ImageTrainer.export`)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    """A `FluxPipeline` (`ReferenceFluxPipeline`) from a weights folder written by `train_image.py`
+    (`ImageTrainer.export`); a call without sizes, steps or true-CFG settings uses the model's (`call_defaults`)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
     from transformers import CLIPTextModel, PreTrainedTokenizerFast, T5EncoderModel
 
     from .image_vae import SpaceToDepthImageVAE
+    from .pipelines import ReferenceFluxPipeline, call_defaults
 
     if not os.path.isfile(os.path.join(path, "transformer", "config.json")):
         raise FileNotFoundError(f"no reference image weights under {path!r}")
     kw = {"local_files_only": True}
-    pipe = FluxPipeline(
+    pipe = ReferenceFluxPipeline(
         transformer=FluxTransformer2DModel.from_pretrained(os.path.join(path, "transformer"), **kw),
         text_encoder=CLIPTextModel.from_pretrained(os.path.join(path, "text_encoder"), **kw).eval(),
         text_encoder_2=T5EncoderModel.from_pretrained(os.path.join(path, "text_encoder_2"), **kw).eval(),
@@ -85,7 +94,7 @@ def load_image_pipeline(path: str = IMAGE_WEIGHTS, device: str = "cpu", dtype: O
         scheduler=FlowMatchEulerDiscreteScheduler.from_config(
             FlowMatchEulerDiscreteScheduler.load_config(os.path.join(path, "scheduler"))),
     )
-    pipe.set_progress_bar_config(disable=True)
+    pipe.call_defaults = call_defaults(path, IMAGE_DEFAULTS)
     pipe = pipe.to(device)
     if dtype is not None:
         pipe.transformer.to(dtype)
@@ -93,8 +102,8 @@ def load_image_pipeline(path: str = IMAGE_WEIGHTS, device: str = "cpu", dtype: O
 
 
 def load_pipeline(kind: str = "video", device: str = "cpu", dtype: Optional[torch.dtype] = None):
-    """The shipped reference pipeline of `kind` ("video": `WanPipeline`, "image": `FluxPipeline`), ready to call,
-    built offline from package data."""
+    """The shipped reference pipeline of `kind` ("video": a `WanPipeline`, "image": a `FluxPipeline`), ready to call,
+    built offline from package data; calls default to the model's trained settings (see the module docstring)."""
     if kind == "video":
         return load_video_pipeline(VIDEO_WEIGHTS, device=device, dtype=dtype)
     if kind == "image":

@@ -79,6 +79,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     pipe = load_video_pipeline(args.weights)
+    pipe.set_progress_bar_config(disable=True)  # many renders: the summary is the output
     for item in args.sizes.split(","):
         size, frames = (int(v) for v in item.split("x"))
         print(json.dumps({**measure(pipe, size, frames, args.steps, args.guidance), "threads": args.threads}),

@@ -159,6 +159,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
     pipe = load_video_pipeline(args.weights)
+    pipe.set_progress_bar_config(disable=True)  # many renders: the summary is the output
     sensitivity = caption_sensitivity(pipe)
     if args.sensitivity_only:
         print(json.dumps(sensitivity, indent=1))

@@ -42,6 +42,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
     pipe = load_image_pipeline(args.weights)
+    pipe.set_progress_bar_config(disable=True)  # many renders: the summary is the output
     specs = I.held_out_specs()
     specs = [specs[i] for i in np.random.default_rng(args.seed).permutation(len(specs))][: args.n]
     results, images = [], []
