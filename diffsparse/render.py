@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -22,12 +24,79 @@ DEFAULT_MODEL_NOTE = (
 )
 RANDOM_MODEL_NOTE = "default model: a tiny Wan transformer with RANDOM weights (reference weights not found)"
 
-#: render settings for the embedded model: its larger trained resolution at 2x its trained length (2304 video
-#: tokens, where self-attention is about half of the transformer's time: eval/results/reference/), blocks of 64
-#: (a quarter of a 16x16-token frame)
-EMBEDDED_DEFAULTS = {"frames": 33, "height": 128, "width": 128, "steps": 16, "block_size": 64}
+#: render settings for the embedded model: its larger trained resolution at 97 frames (25 latent frames, 6400
+#: video tokens), blocks of 64 (a quarter of a 16x16-token frame). Radial attention pays on long videos (its
+#: paper's argument): at 33 frames (2304 tokens) radial was slower than dense on a 2-core CPU (0.89x), at 97
+#: frames 1.24x (experiments/demo_default_sweep.py, experiments/README.md)
+EMBEDDED_DEFAULTS = {"frames": 97, "height": 128, "width": 128, "steps": 16, "block_size": 64}
 #: render settings for a user's local checkpoint (Wan 480p)
 MODEL_DEFAULTS = {"frames": 33, "height": 480, "width": 832, "steps": 30, "block_size": None}
+
+#: file types `diffusers.utils.export_to_video` writes here (imageio: ffmpeg with libx264 by extension, Pillow for
+#: .gif); .webm fails (WebM needs a VP8/VP9/AV1 codec, export_to_video asks for libx264)
+VIDEO_OUT_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".gif")
+#: `WanPipeline.check_inputs` refuses a height or width that is not a multiple of 16 px, whatever the model's token
+#: size (Diffusers hard-codes it; the embedded model's own token is 8 px)
+WAN_PIPELINE_MULTIPLE = 16
+#: pipeline class name fragment -> diffsparse model family (`api.token_grid`'s families)
+_FAMILY_OF_PIPELINE = (("HunyuanVideo", "hunyuan"), ("Wan", "wan"), ("Flux", "flux"))
+
+
+def check_pipeline_folder(path: str) -> None:
+    """Raise FileNotFoundError unless `path` is a local Diffusers pipeline folder (one with model_index.json)."""
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path!r} is not a local Diffusers pipeline folder: no such directory (diffsparse "
+                                "never downloads; pass a folder from `huggingface-cli download` or "
+                                "pipe.save_pretrained)")
+    if not os.path.isfile(os.path.join(path, "model_index.json")):
+        raise FileNotFoundError(f"{path!r} is not a local Diffusers pipeline folder: it has no model_index.json "
+                                "(pipe.save_pretrained writes one)")
+
+
+def pipeline_class_name(path: str) -> str:
+    """The pipeline class a local pipeline folder names in its model_index.json ("" when unreadable)."""
+    try:
+        with open(os.path.join(path, "model_index.json")) as f:
+            return str(json.load(f).get("_class_name", ""))
+    except (OSError, ValueError, AttributeError):
+        return ""
+
+
+def model_family(model: Optional[str]) -> Optional[str]:
+    """The model family ("wan", "hunyuan", "flux") of a local pipeline folder's class, "wan" for the embedded model
+    (`model=None`), None when unknown."""
+    if not model:
+        return "wan"
+    name = pipeline_class_name(model)
+    return next((family for fragment, family in _FAMILY_OF_PIPELINE if fragment in name), None)
+
+
+def _json(path: str) -> Dict[str, Any]:
+    with open(path) as f:
+        return json.load(f)
+
+
+def size_strides(model: Optional[str]) -> Optional[Tuple[int, int, int]]:
+    """(frames, height px, width px) a render size must step by: frames = 1 + k * frames stride, height and width
+    multiples of theirs. The embedded model's come from its VAE and patch configs (and the Wan pipeline's multiple
+    of 16), a local folder's from its family's released models (`api.token_grid`); None when unknown."""
+    from .api import _PIXELS_PER_TOKEN
+
+    family = model_family(model)
+    if family is None:
+        return None
+    ft, fh, fw = _PIXELS_PER_TOKEN[family]
+    if not model:
+        from .reference import VIDEO_WEIGHTS, available
+
+        if available("video"):  # else the random tiny Wan: 8x VAE x patch 2, the released Wan token
+            vae = _json(os.path.join(VIDEO_WEIGHTS, "vae", "config.json"))
+            pt, ph, pw = _json(os.path.join(VIDEO_WEIGHTS, "transformer", "config.json"))["patch_size"]
+            ft = vae["scale_factor_temporal"] * pt
+            fh, fw = vae["scale_factor_spatial"] * ph, vae["scale_factor_spatial"] * pw
+    if family == "wan":
+        fh, fw = math.lcm(fh, WAN_PIPELINE_MULTIPLE), math.lcm(fw, WAN_PIPELINE_MULTIPLE)
+    return ft, fh, fw
 
 
 @dataclass
@@ -81,8 +150,7 @@ def default_video_pipeline(device: str = "cpu"):
 
 def load_pipeline(path: str, device: str = "cpu", dtype: Optional[torch.dtype] = None):
     """A Diffusers pipeline from a local folder only; never downloads."""
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"--model must be a local Diffusers pipeline folder; {path!r} is not a directory")
+    check_pipeline_folder(path)
     from diffusers import DiffusionPipeline
 
     kwargs = {"local_files_only": True}
@@ -96,6 +164,24 @@ def pipeline_for(model: Optional[str], device: str):
     if model:
         return load_pipeline(model, device, torch.bfloat16 if device.startswith("cuda") else None)
     return default_video_pipeline(device)
+
+
+def check_method_options(method: str, family: Optional[str], options: Dict[str, Any]) -> None:
+    """Validate a method's own options for a model family without a model (raises the method's ValueError/TypeError:
+    unknown option, bad value, PARO without or with an unreadable plan). Shared options are checked on enable."""
+    from .methods import get_method
+    from .preview import SHARED_OPTIONS
+
+    method_cls = get_method(method)
+    if family is not None:
+        method_cls(family, **{k: v for k, v in options.items() if k not in SHARED_OPTIONS})
+
+
+def check_method(pipe: Any, method: str, **method_options: Any) -> None:
+    """Raise what `enable_sparse_attention(pipe, method, **method_options)` raises, leaving `pipe` as it was: every
+    option checked against the loaded model (shared settings, backend, a PARO plan's model) before a render."""
+    enable_sparse_attention(pipe, method, **method_options)
+    disable_sparse_attention(pipe)
 
 
 def prompt_inputs(pipe: Any, prompt: str, seed: int) -> Dict[str, Any]:

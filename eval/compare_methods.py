@@ -9,7 +9,8 @@ Every method runs with its family preset (warm-up `dense_steps`, `dense_layers`,
 the block size, which is `--block-size` for all so densities compare. PARO is calibrated first on
 another prompt and noise seed (`--seed + 1`) at the same resolution; its calibration time is
 reported apart. Each method also runs with `cache="flashblock"` (residual reuse; `effective`
-density counts the refresh work). Time is wall time inside the transformer; PSNR is over the
+density counts the refresh work) and with `quantize="int8"` (INT8 QK^T; on CPU its numbers are
+emulated, so it shows the error, not a speed-up). Time is wall time inside the transformer; PSNR is over the
 decoded frames against the dense render with the same prompt and noise. The tiny models have
 RANDOM weights (mechanics only); `--model reference` is diffsparse's small trained Wan
 (diffsparse.reference), prompted with text.
@@ -33,6 +34,9 @@ from diffsparse.tiny import example_inputs, tiny_flux_pipeline, tiny_hunyuan_pip
 METHODS = {"wan": ["radial", "sliding_window", "grat", "adaspa", "paro"],
            "hunyuan": ["radial", "sliding_window", "grat", "adaspa", "paro"],
            "flux": ["sliding_window", "grat", "adaspa", "paro"]}
+
+
+VARIANTS = {"plain": {}, "flashblock": {"cache": "flashblock"}, "int8": {"quantize": "int8"}}
 
 
 def build(args):
@@ -104,7 +108,8 @@ def main(argv=None) -> int:
     p.add_argument("--paro-density", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=int, default=2, help="renders per row; the fastest denoiser time is kept")
-    p.add_argument("--no-cache", action="store_true", help="skip the cache='flashblock' rows")
+    p.add_argument("--variants", default="plain,flashblock,int8",
+                   help="rows per method: plain, flashblock (cache='flashblock'), int8 (quantize='int8')")
     p.add_argument("--out", help="also write the table to this file")
     args = p.parse_args(argv)
     if args.model == "reference" and args.family != "wan":
@@ -112,6 +117,7 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
 
     pipe = build(args)
+    pipe.set_progress_bar_config(disable=True)  # the table is the output
     methods = args.methods.split(",") if args.methods else METHODS[args.family]
     lines = [
         f"# python eval/compare_methods.py {' '.join(sys.argv[1:] if argv is None else argv)}".rstrip(),
@@ -140,15 +146,17 @@ def main(argv=None) -> int:
             lines.append(f"# paro: calibrated on {what}seed {seed} in {time.perf_counter() - start:.1f} s, density "
                          f"{args.paro_density}, orders per head {plan.summary()['orders']}")
             opts = {"plan": plan}
-        for cache in ([None] if args.no_cache else [None, "flashblock"]):
-            extra = {"cache": cache} if cache else {}
+        for variant in args.variants.split(","):
+            if variant not in VARIANTS:
+                p.error(f"unknown variant {variant!r}; choose from {sorted(VARIANTS)}")
+            extra = VARIANTS[variant]
             handle = diffsparse.enable_sparse_attention(pipe, method=method, **opts, **extra)
             frames, seconds = render(pipe, args, args.repeats)
             stats = handle.stats()
             diffsparse.disable_sparse_attention(pipe)
             eff = stats.get("cache", {}).get("effective_density")
             warm = f"{stats['dense_steps']}/{stats['dense_layers']}"
-            name = method + ("+flashblock" if cache else "")
+            name = method + ("" if variant == "plain" else "+" + variant)
             rows.append((name, warm, stats["fallbacks"] or "-", stats["density"], eff, seconds, psnr(dense, frames)))
             print(f"[{name}: {seconds:.1f} s]", file=sys.stderr, flush=True)
     # dense again at the end: its time is the fastest of both batches (load from elsewhere comes and goes)

@@ -75,6 +75,7 @@ def make_pipe(name: str, args):
 
     method, lora = CONFIGS[name]
     pipe = load_video_pipeline()
+    pipe.set_progress_bar_config(disable=True)  # many renders: the script reports its own progress
     if lora:
         pipe.load_lora_weights(getattr(args, f"lora_{lora}"))
     if method:  # radial's Wan defaults: dense_layers 1, dense_steps 25 %

@@ -8,6 +8,14 @@ VBench-style scores for both), and writes into `eval/results/<run>/`:
 
     python eval/run_eval.py --run eval_default                     # embedded reference model
     python eval/run_eval.py --model /ckpt/Wan2.1-T2V-1.3B-Diffusers --prompts prompts.txt --run wan13b
+    torchrun --nproc_per_node 8 eval/run_eval.py --model /ckpt/... --prompts prompts.txt --run wan13b [--ulysses 2]
+
+Under a launcher (torchrun / accelerate launch, any number of nodes) the render jobs, every (prompt, method)
+pair including each prompt's dense reference, are split over the ranks exactly as `diffsparse render --prompts`
+splits prompts (`diffsparse.batch`: groups of `--ulysses` ranks, job j to group j mod groups); every rank sends
+its jobs' frames to rank 0, which scores each sparse video against its prompt's dense one and writes the files,
+the same as one process does. DiT times are then measured on different ranks: compare speed-ups from runs
+whose ranks have equal hardware and load.
 """
 
 from __future__ import annotations
@@ -130,9 +138,26 @@ def markdown(rows: List[Dict], metrics: Dict[str, Dict], header: List[str]) -> s
     return "\n".join(lines) + "\n"
 
 
+def render_jobs(ranks, pipe, prompts: List[str], methods: List[str], seed: int, size: Dict, opts: Dict) -> List[Dict]:
+    """This rank's share of the (prompt, method) jobs, dense first for each prompt: frames, DiT seconds, density
+    (the group's first rank returns them; the other ranks of a Ulysses group return nothing)."""
+    from diffsparse.render import render
+
+    jobs = [(i, prompt, method) for i, prompt in enumerate(prompts) for method in ["dense"] + methods]
+    done = []
+    where = f" (rank {ranks.rank})" if ranks.world > 1 else ""
+    for _, (i, prompt, method) in ranks.share(jobs):
+        res = render(pipe, None if method == "dense" else method, prompt=prompt, seed=seed + i, **size,
+                     **({} if method == "dense" else opts))
+        if ranks.leader:
+            done.append({"i": i, "method": method, "frames": res.frames, "dit_seconds": res.dit_seconds,
+                         "density": None if method == "dense" else res.stats["density"]})
+            print(f"[{i + 1}/{len(prompts)}] {method:<15} DiT {res.dit_seconds:6.2f} s  {prompt}{where}", flush=True)
+    return done
+
+
 def main(argv=None) -> int:
-    from diffsparse.metrics import evaluate
-    from diffsparse.render import EMBEDDED_DEFAULTS, MODEL_DEFAULTS, pipeline_for, render
+    from diffsparse import batch
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=None, help="local Diffusers pipeline folder (default: embedded reference model)")
@@ -149,11 +174,26 @@ def main(argv=None) -> int:
     p.add_argument("--out-root", default=os.path.join(ROOT, "eval", "results"))
     p.add_argument("--weights-dir", default=None)
     p.add_argument("--save-videos", action="store_true")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: torch's; under a launcher on CPU, cores / ranks on this machine)")
+    p.add_argument("--ulysses", type=int, default=1,
+                   help="under a launcher: Ulysses degree K, the ranks rendering in world/K groups of K")
     p.add_argument("--note", default=None, help="context to record with the run (e.g. machine load)")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    try:
+        ranks = batch.ranks_from_env(args.ulysses)
+    except ValueError as err:
+        p.error(str(err))
+    device = batch.rank_device(ranks)
+    with batch.process_group(ranks, device, threads=args.threads):
+        return _evaluate(args, argv, ranks, device)
+
+
+def _evaluate(args, argv, ranks, device: str) -> int:
+    from diffsparse import batch
+    from diffsparse.metrics import evaluate
+    from diffsparse.render import EMBEDDED_DEFAULTS, MODEL_DEFAULTS
+
     defaults = MODEL_DEFAULTS if args.model else EMBEDDED_DEFAULTS
     size = {k: getattr(args, k) if getattr(args, k) is not None else defaults[k] for k in ("frames", "height", "width", "steps")}
     block = args.block_size or defaults["block_size"]
@@ -165,28 +205,33 @@ def main(argv=None) -> int:
         prompts = default_prompts(args.num_prompts)
     methods = [m for m in args.methods.split(",") if m]
     out_dir = os.path.join(args.out_root, args.run)
-    os.makedirs(out_dir, exist_ok=True)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    pipe = pipeline_for(args.model, device)
+    if ranks.rank == 0:
+        os.makedirs(out_dir, exist_ok=True)
+    pipe = batch.rank_pipeline(ranks, args.model, device)
+    pipe.set_progress_bar_config(disable=True)  # the harness prints its own progress
 
     t0 = time.time()
+    parts = batch.gather_to_root(ranks, render_jobs(ranks, pipe, prompts, methods, args.seed, size, opts))
+    if ranks.rank != 0:
+        return 0  # rank 0 scores and writes
+    done = sorted((job for part in parts for job in part), key=lambda job: (job["i"], (["dense"] + methods).index(job["method"])))
     videos: Dict[str, List[np.ndarray]] = {m: [] for m in ["dense"] + methods}
     timing: Dict[str, List[float]] = {m: [] for m in ["dense"] + methods}
     density: Dict[str, List[float]] = {m: [] for m in methods}
-    for i, prompt in enumerate(prompts):
-        for method in ["dense"] + methods:
-            res = render(pipe, None if method == "dense" else method, prompt=prompt, seed=args.seed + i, **size,
-                         **({} if method == "dense" else opts))
-            videos[method].append(res.frames)
-            timing[method].append(res.dit_seconds)
-            if method != "dense":
-                density[method].append(res.stats["density"])
-            print(f"[{i + 1}/{len(prompts)}] {method:<15} DiT {res.dit_seconds:6.2f} s  {prompt}", flush=True)
-            if args.save_videos:
-                from diffusers.utils import export_to_video
+    for job in done:
+        method = job["method"]
+        videos[method].append(job["frames"])
+        timing[method].append(job["dit_seconds"])
+        if method != "dense":
+            density[method].append(job["density"])
+        if args.save_videos:
+            from diffusers.utils import export_to_video
 
-                os.makedirs(os.path.join(out_dir, "videos", method), exist_ok=True)
-                export_to_video(list(res.frames), os.path.join(out_dir, "videos", method, f"p{i:02d}.mp4"), fps=8)
+            os.makedirs(os.path.join(out_dir, "videos", method), exist_ok=True)
+            export_to_video(list(job["frames"]), os.path.join(out_dir, "videos", method, f"p{job['i']:02d}.mp4"), fps=8)
+    missing = [m for m in videos if len(videos[m]) != len(prompts)]
+    if missing:
+        raise RuntimeError(f"jobs missing after the gather for {missing}")
 
     names = [f"p{i:02d}" for i in range(len(prompts))]
     metrics, per_video = {}, {}
@@ -201,14 +246,20 @@ def main(argv=None) -> int:
                      "speedup": dense_t / t, "psnr": metrics[m]["psnr"]["value"]})
 
     env = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if os.environ.get("OMP_NUM_THREADS") else ""
-    cmd = env + "python eval/run_eval.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-    where = (torch.cuda.get_device_name() if device == "cuda"
+    launcher = "" if ranks.world == 1 else f"torchrun --nproc_per_node {ranks.local_world} ... "  # the launch's own flags are not ours to see
+    cmd = env + launcher + "python eval/run_eval.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    where = (torch.cuda.get_device_name() if device.startswith("cuda")
              else f"{cpu_name()} ({platform.machine()}), {torch.get_num_threads()} torch threads")
+    if ranks.world > 1:
+        where += (f" per rank, {ranks.world} ranks" + (f" ({ranks.groups} Ulysses groups of {ranks.ulysses})"
+                                                        if ranks.ulysses > 1 else ""))
     run = {"command": cmd.strip(), "device": where, "torch_threads": torch.get_num_threads(),
            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "torch": torch.__version__,
            "model": args.model or "embedded reference",
            "size": size, "block_size": block, "prompts": prompts, "seeds": [args.seed + i for i in range(len(prompts))],
            "wall_seconds": round(time.time() - t0, 1), "note": args.note}
+    if ranks.world > 1:
+        run["ranks"] = {"world_size": ranks.world, "ulysses": ranks.ulysses, "groups": ranks.groups}
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump({"run": run, "rows": rows, "metrics": metrics, "per_video": per_video}, f, indent=1)
     header = [f"# Evaluation run `{args.run}`", "", f"`{run['command']}`", "",

@@ -19,7 +19,8 @@ opts = {k: eval(v) for k, v in extra.items()}
 lay = diffsparse.block_layout(method, grid, **opts)
 S = grid[0] * grid[1] * grid[2]
 index = build_block_index(lay.mask[None, None], 128)
-q, k, v = (torch.randn(1, 2, S, 64) for _ in range(3))
+D = int(__import__("os").environ.get("HEAD_DIM", "64"))
+q, k, v = (torch.randn(1, 2, S, D) for _ in range(3))
 acc = defaultdict(float)
 calls = defaultdict(int)
 
@@ -50,7 +51,7 @@ print(f"{method} {grid} density {lay.density:.3f}: ours {total*1e3:.0f} ms, dens
 for name in acc:
     print(f"  {name:10s} {calls[name]:6d} calls {acc[name]*1e3:8.1f} ms")
 print(f"  other      {1e3*(total-sum(acc.values())):8.1f} ms")
-R = ts.schedule(index, 1, 2, S, S, 128)
+R = ts.schedule(index, 1, 2, S, S, 2 * D)
 sizes = [(g.stop - g.start, g.n_keys) for g in R.groups]
 print(f"  chunks {len(sizes)}; rows per chunk min/median/max "
       f"{min(s[0] for s in sizes)}/{sorted(s[0] for s in sizes)[len(sizes)//2]}/{max(s[0] for s in sizes)}")
