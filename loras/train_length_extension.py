@@ -49,6 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--method", default="radial", help="sparse method used while training ('dense' for a baseline)")
     p.add_argument("--dense-layers", type=int, default=1, help="leading blocks kept dense (Radial trains with 1)")
     p.add_argument("--block-size", type=int, default=128)
+    p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="method option (repeatable), e.g. --opt decay_factor=0.5 --opt band='paper'")
     p.add_argument("--rank", type=int, default=32)
     p.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: rank)")
     p.add_argument("--lr", type=float, default=1e-4)
@@ -149,6 +151,22 @@ def latest_checkpoint(output_dir: str):
     return (max(steps), os.path.join(output_dir, f"checkpoint-{max(steps)}")) if steps else (0, None)
 
 
+def method_options(pairs):
+    """`["decay_factor=0.5", "band='paper'"]` -> options (values read as Python literals, else text)."""
+    import ast
+
+    out = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"error: --opt expects KEY=VALUE, got {pair!r}")
+        try:
+            out[key] = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            out[key] = raw
+    return out
+
+
 def main(argv=None) -> int:
     from accelerate import Accelerator
     from diffusers import WanPipeline
@@ -170,7 +188,8 @@ def main(argv=None) -> int:
     if not args.no_gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
     handle = diffsparse.enable_sparse_attention(transformer, method=args.method, dense_steps=0,
-                                                dense_layers=args.dense_layers, block_size=args.block_size)
+                                                dense_layers=args.dense_layers, block_size=args.block_size,
+                                                **method_options(args.opt))
     params = [p for p in transformer.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     transformer, optimizer = acc.prepare(transformer, optimizer)
