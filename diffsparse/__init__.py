@@ -14,13 +14,14 @@ from .api import (
     sparse_attention,
     token_grid,
 )
-from .calibration import ParoPlan, calibrate, load_plan
+from .calibration import calibrate
 from .flashblock import block_attention
 from .geometry import Grid
 from .preview import BlockLayout, block_layout
 from .handle import SparseHandle
 from .kernels import BlockIndex, block_scores, block_sparse_attention, build_block_index, merge_attention
 from .methods import list_methods
+from .methods.paro_plan import ParoPlan, load_plan
 from .parallel import context_parallel_plan
 
 __version__ = "0.1.0"

@@ -8,7 +8,7 @@ See docs/kernels.md.
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import os
 import warnings
 
@@ -22,13 +22,9 @@ BACKENDS = ("auto", "triton", "flex", "torch", "reference")
 QUANTIZE = (None, "int8")
 
 
-def _triton_fn():
-    """Our Triton entry point if its module is importable (Linux + triton installed), else None."""
-    try:
-        mod = importlib.import_module("diffsparse.kernels.triton_attention")
-    except ImportError:
-        return None
-    return getattr(mod, "triton_block_sparse_attention", None)
+def _triton_available() -> bool:
+    """Whether Triton is installed (Linux); our kernels in triton_attention.py need it."""
+    return importlib.util.find_spec("triton") is not None
 
 
 def _validate(q, k, v, index: BlockIndex) -> None:
@@ -107,7 +103,7 @@ def block_sparse_attention(
     auto_cuda = backend == "auto" and q.is_cuda
     if backend == "auto":
         if q.is_cuda:
-            backend = "triton" if _triton_fn() is not None else "flex"
+            backend = "triton" if _triton_available() else "flex"
         elif os.environ.get("TRITON_INTERPRET") == "1" and os.environ.get("DIFFSPARSE_CPU_TRITON") == "1":
             backend = "triton"
         else:
@@ -122,11 +118,10 @@ def block_sparse_attention(
                                           impl=backend, run=run)
         return res if return_lse else res[0]
     if backend == "triton":
-        fn = _triton_fn()
-        if fn is None:
-            raise RuntimeError("backend='triton' requested but diffsparse.kernels.triton_attention is unavailable")
+        if not _triton_available():
+            raise RuntimeError("backend='triton' requested but the triton package is not installed")
         try:
-            return fn(q, k, v, index, scale=scale, return_lse=return_lse, quantize=quantize)
+            return block_sparse_op(q, k, v, index, scale=scale, return_lse=return_lse, impl="triton", quantize=quantize)
         except Exception as e:  # a kernel that does not compile for this GPU/shape: say so, stay correct
             if not auto_cuda or type(e).__module__.split(".")[0] != "triton" or quantize is not None:
                 raise

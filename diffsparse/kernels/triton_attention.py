@@ -20,14 +20,13 @@ With `TRITON_INTERPRET=1` the same kernels run on the CPU (tests).
 
 from __future__ import annotations
 
-import math
 import os
 
 import torch
 import triton
 import triton.language as tl
 
-from .index import BlockIndex, num_blocks
+from .index import num_blocks
 
 LOG2E = 1.4426950408889634
 
@@ -382,10 +381,3 @@ def triton_backward(q, k, v, out, lse, dout, counts, indices, t_counts, t_indice
                                                         _arch_major(q.device)):
         kernel[grid](*args, **kwargs)
     return dq, dk, dv
-
-
-def triton_block_sparse_attention(q, k, v, index: BlockIndex, scale=None, return_lse=False, quantize=None):
-    """Entry point used by `block_sparse_attention(backend="triton")`; differentiable (custom op)."""
-    from .ops import block_sparse_op
-
-    return block_sparse_op(q, k, v, index, scale=scale, return_lse=return_lse, impl="triton", quantize=quantize)

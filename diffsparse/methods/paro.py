@@ -15,11 +15,10 @@ import os
 
 from ..dynamic import DynamicContext, DynamicLayout, DynamicMethod
 from .base import SparseMethod
+from .paro_plan import ParoPlan, load_plan
 
 
 def plan_option(name, value):
-    from ..calibration import ParoPlan, load_plan  # lazy: calibration imports the method registry
-
     if isinstance(value, ParoPlan):
         return value
     if isinstance(value, (str, os.PathLike)):

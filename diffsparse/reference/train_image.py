@@ -22,7 +22,7 @@ import torch
 from . import image_data as I
 from .image_vae import SpaceToDepthImageVAE
 from .text import build_clip_text_encoder, build_text_encoder, build_tokenizer
-from .train import DEFAULTS, Trainer, batch
+from .trainer import DEFAULTS, Trainer, batch
 
 IMAGE_DEFAULTS: Dict[str, Any] = {
     **deepcopy(DEFAULTS),
