@@ -7,8 +7,8 @@ the one-pass estimate AdaSpa calls "LSE-cached search". Block sums are taken per
 (mass divided by the number of query rows in the block), so a partial last block is not
 penalised and a row's masses add up to the share of its attention that falls on video keys.
 
-On CUDA the Triton block-score kernel (`kernels/block_score.py`) computes the masses, one pass per
-token order; elsewhere a chunked PyTorch pass shares one QK^T across all requested orders.
+The masses come from `kernels.block_scores` (the Triton block-score kernel on CUDA, a cache-sized
+chunked PyTorch pass elsewhere), one pass per token order over the permuted tokens.
 """
 
 from __future__ import annotations
@@ -19,10 +19,7 @@ from typing import List, Optional, Sequence
 import torch
 
 from .kernels.block_score import block_scores
-from .kernels.index import num_blocks
 
-# Elements of one chunk of the probability matrix (B x H x rows x keys), ~64 MB in fp32.
-_CHUNK_BUDGET = 1 << 24
 
 def block_mass(
     q: torch.Tensor,
@@ -44,38 +41,8 @@ def block_mass(
     Returns one `(H, ceil(N / block_q), ceil(N / block_k))` fp32 tensor per order: the mass of each
     block divided by the number of query rows in it.
     """
-    B, H, n, _ = q.shape
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    nq, nk = num_blocks(n, block_q), num_blocks(n, block_k)
-    dev = q.device
-    if q.is_cuda:  # the Triton block-score kernel, one pass per order over the permuted tokens
-        return [_kernel_mass(q, k, lse, block_q, block_k, order, scale) for order in orders]
-    prepared = []
-    for order in orders:
-        if order is None:
-            row_block = (torch.arange(n, device=dev) // block_q).unsqueeze(0)
-        else:
-            order = order.to(dev).long()
-            pos = torch.empty_like(order).scatter_(-1, order, torch.arange(n, device=dev).expand_as(order).contiguous())
-            row_block = pos // block_q  # block of each query token in this order
-        prepared.append((order, row_block.expand(H, n), torch.zeros(H, nq, nk, device=dev)))
-    kf = k.float().transpose(-1, -2)
-    chunk = max(1, _CHUNK_BUDGET // max(1, B * H * n))
-    pad = nk * block_k - n
-    for s in range(0, n, chunk):
-        e = min(n, s + chunk)
-        p = torch.exp(torch.matmul(q[:, :, s:e].float(), kf) * scale - lse[:, :, s:e, None].float())
-        for order, row_block, acc in prepared:
-            if order is None:
-                cols = p
-            elif order.shape[0] == 1:
-                cols = p.index_select(-1, order[0])
-            else:
-                cols = torch.gather(p, -1, order[None, :, None, :].expand(B, H, e - s, n))
-            cols = torch.nn.functional.pad(cols, (0, pad)).view(B, H, e - s, nk, block_k).sum((0, -1))
-            acc.scatter_add_(1, row_block[:, s:e, None].expand(H, e - s, nk), cols)
-    rows = torch.clamp(n - torch.arange(nq, device=dev) * block_q, max=block_q).float()
-    return [acc / rows[None, :, None] for _, _, acc in prepared]
+    return [_kernel_mass(q, k, lse, block_q, block_k, order, scale) for order in orders]
 
 
 def _kernel_mass(q, k, lse, block_q, block_k, order, scale, backend: str = "auto") -> torch.Tensor:

@@ -22,23 +22,37 @@ import torch
 from .index import BlockSize, normalize_block_size, num_blocks
 
 MODES = ("exact", "pooled")
-_CHUNK = 1 << 24  # probability elements per PyTorch chunk (~64 MB fp32)
+# Probability elements per PyTorch chunk (4 MB fp32): written, exponentiated and summed while in cache.
+# (B 1, H 4, S 6400, blocks of 64 on 2 cores: 143 ms at 1M-4M elements, 342 ms at 16M; dense SDPA 143 ms.)
+_CHUNK = 1 << 20
 
 
 def _exact_torch(q, k, lse, bq, bk, scale):
-    B, H, Sq, _ = q.shape
+    """Chunks of whole query blocks: P = exp(q.k * scale - lse) written once by `baddbmm` and
+    exponentiated in place, then summed over key blocks and query rows by views (no padded copies,
+    no scatter). Chunks of `_CHUNK` probability elements stay in cache across the three passes."""
+    B, H, Sq, D = q.shape
     Sk = k.shape[2]
     nq, nk = num_blocks(Sq, bq), num_blocks(Sk, bk)
-    out = torch.zeros(B, H, nq * bq, nk, dtype=torch.float32, device=q.device)
-    lse = torch.where(torch.isinf(lse), float("inf"), lse.float())
-    kT = k.float().transpose(-1, -2)
-    step = max(1, _CHUNK // max(1, B * H * Sk))
-    for s in range(0, Sq, step):
-        e = min(Sq, s + step)
-        p = torch.exp(torch.matmul(q[:, :, s:e].float(), kT) * scale - lse[:, :, s:e, None])
-        p = torch.nn.functional.pad(p, (0, nk * bk - Sk))
-        out[:, :, s:e] = p.view(B, H, e - s, nk, bk).sum(-1)
-    return out.view(B, H, nq, bq, nk).sum(-2)
+    out = torch.zeros(B, H, nq, nk, dtype=torch.float32, device=q.device)
+    if Sq == 0 or Sk == 0:
+        return out
+    neg_lse = -torch.where(torch.isinf(lse), float("inf"), lse.float()).reshape(B * H, Sq, 1)  # empty rows: exp(-inf)
+    qf, kT = q.float().reshape(B * H, Sq, D), k.float().reshape(B * H, Sk, D).transpose(1, 2)
+    full = (Sk // bk) * bk
+    blocks = max(1, _CHUNK // (B * H * Sk * bq))  # query blocks per chunk
+    for b0 in range(0, nq, blocks):
+        s, e = b0 * bq, min(Sq, (b0 + blocks) * bq)
+        p = torch.baddbmm(neg_lse[:, s:e].expand(-1, -1, Sk), qf[:, s:e], kT, alpha=scale).exp_()
+        cols = p[..., :full].unflatten(-1, (full // bk, bk)).sum(-1)  # (BH, rows, whole key blocks)
+        if full < Sk:
+            cols = torch.cat([cols, p[..., full:].sum(-1, keepdim=True)], -1)
+        rows = e - s
+        nb = -(-rows // bq)
+        if rows % bq:
+            cols = torch.nn.functional.pad(cols, (0, 0, 0, nb * bq - rows))
+        out[:, :, b0 : b0 + nb] = cols.view(B, H, nb, bq, nk).sum(3)
+    return out
 
 
 def _pooled(q, k, bq, bk, scale):
