@@ -15,7 +15,7 @@ PROMPTS = ["a red circle moving up on a plain background", "a green circle growi
            "a blue triangle bouncing on a striped background, camera panning left"]
 sta = diffsparse.block_layout("sliding_window", GRID, block_size=BLOCK).density
 windows = {w: diffsparse.block_layout("sliding_window", GRID, block_size=BLOCK, tile=(2, 8, 8),
-                                      window_tiles=(w, 3, 3)).density for w in range(3, 26, 2)}
+                                      window_tiles=(w, 3, 3)).density for w in range(3, 26)}
 w_best = min(windows, key=lambda w: abs(windows[w] - sta))
 configs = {"STA preset tile (6,8,8) window (3,3,3)": {},
            f"tile (2,8,8) window ({w_best},3,3)": {"tile": (2, 8, 8), "window_tiles": (w_best, 3, 3)}}
