@@ -3,7 +3,9 @@
 Bad input is refused before any work, as one line `error: ...` on stderr and exit status 2 (argparse's
 convention), never a traceback: the argument types check each value, `_check_*` check what needs several
 values or the model's strides before a model is loaded, and the library's own refusals of user input (a
-method option, a PARO plan, a layout request) are caught at this boundary, around the setup only.
+method option, a PARO plan, a layout request) are caught at this boundary, around the setup only. Batch mode
+(`render --prompts`) renders on, past a prompt that fails, and then exits with status 1, naming each failed prompt
+(`diffsparse.batch`: its manifest lists them under "failed").
 """
 
 from __future__ import annotations
@@ -192,6 +194,7 @@ def _check_render(args: argparse.Namespace) -> None:
 
     if args.prompts:
         _read_prompts(args.prompts)
+        _check_ranks(args)
         if os.path.isfile(args.out):
             raise UsageError(f"--out {args.out!r} is a file; with --prompts it is the folder the videos go to")
         for name, value in (("--compare", args.compare), ("--save-layouts", args.save_layouts)):
@@ -199,6 +202,10 @@ def _check_render(args: argparse.Namespace) -> None:
                 raise UsageError(f"{name} renders one video; it does not apply with --prompts (batch mode)")
     else:
         check_out_file(args.out, "--out", R.VIDEO_OUT_EXTENSIONS)
+        for name, value in (("--num-processes", args.num_processes), ("--ulysses", args.ulysses)):
+            if value > 1:
+                raise UsageError(f"{name} {value} applies to batch mode (--prompts); one video renders in one "
+                                 "process")
     if args.save_layouts:
         check_out_file(args.save_layouts, "--save-layouts", (".pt",))
     family = R.model_family(args.model)
@@ -212,6 +219,30 @@ def _check_render(args: argparse.Namespace) -> None:
         check_size(args.frames, args.height, args.width, strides, model)
     with user_errors():  # the method's own options: unknown name, bad value, PARO without a plan
         R.check_method_options(args.method, family, _method_options(args))
+
+
+def _check_ranks(args: argparse.Namespace) -> None:
+    """Batch mode's processes: `--num-processes` only outside a launcher, `--ulysses K` dividing the world size
+    (the launcher's WORLD_SIZE, else --num-processes) and the model's attention heads."""
+    from . import batch
+
+    with user_errors():  # a launcher variable that is not an int
+        world = batch.launcher_world()
+    if world > 1 and args.num_processes > 1:
+        raise UsageError(f"--num-processes {args.num_processes} spawns processes on this machine, but this is already "
+                         f"one of {world} ranks under a launcher (torchrun / accelerate launch, WORLD_SIZE={world}): "
+                         "drop --num-processes and size the run with the launcher (--nproc_per_node, --nnodes)")
+    where = f"WORLD_SIZE={world} under the launcher" if world > 1 else f"--num-processes {args.num_processes}"
+    world = world if world > 1 else args.num_processes
+    if world % args.ulysses:
+        raise UsageError(f"--ulysses {args.ulysses} must divide the world size ({where}): the ranks form "
+                         "world/K groups of K ranks")
+    if args.ulysses > 1:
+        heads = batch.transformer_heads(args.model)
+        if heads is not None and heads % args.ulysses:
+            model = f"--model {args.model!r}" if args.model else "the embedded model"
+            raise UsageError(f"--ulysses {args.ulysses} must divide the attention heads of {model} ({heads}): "
+                             "Ulysses gives each rank of a group heads/K of them")
 
 
 def _read_prompts(path: str) -> List[str]:
@@ -287,19 +318,40 @@ def _fill_defaults(args: argparse.Namespace) -> None:
 
 
 def _render_batch(args: argparse.Namespace) -> int:
-    from .batch import render_batch
+    """Batch mode: this process is one rank of a launcher (torchrun / accelerate launch), or spawns
+    --num-processes ranks on this machine; rank 0 reports from the manifest. Exit status 1 when a prompt failed."""
+    import torch
+
+    from .batch import launched, ranks_from_env, render_batch
 
     prompts = _read_prompts(args.prompts)
     out_dir = args.out[:-4] if args.out.lower().endswith(".mp4") else args.out
     method_opts = _method_options(args)
-    manifest = render_batch(
-        prompts, out_dir, args.method, args.num_processes, args.model, method_opts, fps=args.fps,
-        frames=args.frames, height=args.height, width=args.width, steps=args.steps, seed=args.seed,
-    )
-    for row in manifest:
-        print(f"{row['file']}: DiT {row['dit_seconds']:.2f} s, density {row['density']}")
-    print(f"wrote {len(manifest)} videos to {out_dir}/ (manifest.json)")
-    return 0
+    device = torch.device(args.device).type if args.device else None  # each rank takes cuda:LOCAL_RANK
+    try:  # bad input found at setup on the ranks (a folder Diffusers cannot load, K against the model)
+        manifest = render_batch(
+            prompts, out_dir, args.method, args.num_processes, args.model, method_opts, fps=args.fps,
+            ulysses=args.ulysses, device=device,
+            frames=args.frames, height=args.height, width=args.width, steps=args.steps, seed=args.seed,
+        )
+    except ValueError as err:
+        raise UsageError(first_line(err)) from None
+    if launched() and ranks_from_env(args.ulysses).rank != 0:
+        return 0  # rank 0 reports for every rank
+    for row in manifest["videos"]:
+        print(f"{row['file']}: DiT {row['dit_seconds']:.2f} s, density {row['density']} (rank {row['rank']})")
+    ranks = manifest["world_size"]
+    layout = "" if ranks == 1 else (f" by {ranks} ranks" + (
+        f" ({manifest['groups']} groups of {manifest['ulysses']}, Ulysses)" if manifest["ulysses"] > 1 else ""))
+    print(f"wrote {len(manifest['videos'])} videos to {out_dir}/{layout} (manifest.json)")
+    if manifest["complete"]:
+        return 0
+    for row in manifest["failed"]:
+        where = "" if row["rank"] is None else f" on rank {row['rank']}"
+        print(f"error: prompt {row['index']} {row['prompt']!r} failed{where}: {row['error']}", file=sys.stderr)
+    print(f"error: {len(manifest['failed'])} of {manifest['prompts']} prompts failed; {out_dir}/manifest.json says "
+          '"complete": false and lists them under "failed"', file=sys.stderr)
+    return 1
 
 
 def _method_options(args: argparse.Namespace) -> dict:
@@ -461,7 +513,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="text file, one prompt per line: batch mode, --out is a folder (default: off, one video of "
                         "--prompt)")
     r.add_argument("--num-processes", type=positive_int, default=1,
-                   help="batch mode: processes (one GPU each, or CPU), >= 1")
+                   help="batch mode on this machine: processes (one GPU each, or CPU), >= 1; under torchrun / "
+                        "accelerate launch leave it out, every launched rank takes its share")
+    r.add_argument("--ulysses", type=positive_int, default=1,
+                   help="batch mode: Ulysses context-parallel degree K, >= 1: the ranks form world/K groups of K "
+                        "consecutive ranks, each group rendering its share of the prompts with every video's "
+                        "sequence split over its K ranks; K must divide the world size and the model's attention "
+                        "heads")
     r.add_argument("--save-layouts", default=None,
                    help="dynamic methods (adaspa, paro): save the per-head layouts to this .pt file (default: off)")
     r.set_defaults(func=_render)

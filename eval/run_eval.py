@@ -8,7 +8,7 @@ VBench-style scores for both), and writes into `eval/results/<run>/`:
 
     python eval/run_eval.py --run eval_default                     # embedded reference model
     python eval/run_eval.py --model /ckpt/Wan2.1-T2V-1.3B-Diffusers --prompts prompts.txt --run wan13b
-    torchrun --nproc_per_node 8 eval/run_eval.py --model /ckpt/... --prompts prompts.txt --run wan13b [--ulysses 2]
+    torchrun --nproc_per_node 8 eval/run_eval.py --model /ckpt/... --prompts prompts.txt --run-name wan13b [--ulysses 2]
 
 Under a launcher (torchrun / accelerate launch, any number of nodes) the render jobs, every (prompt, method)
 pair including each prompt's dense reference, are split over the ranks exactly as `diffsparse render --prompts`
@@ -170,7 +170,9 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int)
     p.add_argument("--block-size", type=int)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--run", default="eval_run", help="output folder name under eval/results/")
+    p.add_argument("--run", "--run-name", dest="run", default="eval_run",
+                   help="output folder name under eval/results/ (under torchrun spell it --run-name: torchrun reads "
+                        "--run as its own --run-path)")
     p.add_argument("--out-root", default=os.path.join(ROOT, "eval", "results"))
     p.add_argument("--weights-dir", default=None)
     p.add_argument("--save-videos", action="store_true")

@@ -81,6 +81,9 @@ def test_render_unknown_method_is_a_clear_error(tmp_path, capsys):
     (["--dense-steps", "1.5"], ["--dense-steps", "a fraction in [0, 1)", "got '1.5'"]),
     (["--block-size", "0"], ["--block-size", "must be an int >= 1, got '0'"]),
     (["--num-processes", "0"], ["--num-processes", "must be an int >= 1"]),
+    (["--num-processes", "2"], ["--num-processes 2 applies to batch mode (--prompts)"]),
+    (["--ulysses", "0"], ["--ulysses", "must be an int >= 1, got '0'"]),
+    (["--ulysses", "2"], ["--ulysses 2 applies to batch mode (--prompts)"]),
     (["--opt", "decay_factor"], ["--opt", "expects key=value", "'decay_factor'"]),
     (["--opt", "decay_factor=abc"], ["option 'decay_factor' must be a positive number, got 'abc'"]),
     (["--opt", "nope=1"], ["unknown option 'nope' for method 'radial'", "decay_factor"]),
@@ -290,8 +293,13 @@ def test_batch_render_two_processes_writes_each_prompt_once(tmp_path, capsys):
     import json
 
     manifest = json.loads((out / "manifest.json").read_text())
-    assert [row["index"] for row in manifest] == [0, 1, 2]
-    assert not list(out.glob(".rank*"))
+    # the same manifest a torchrun launch writes (tests/test_batch_distributed.py): both spawned ranks worked
+    assert manifest["complete"] is True and manifest["failed"] == []
+    assert (manifest["world_size"], manifest["ulysses"], manifest["groups"]) == (2, 1, 2)
+    assert [(row["index"], row["rank"]) for row in manifest["videos"]] == [(0, 0), (1, 1), (2, 0)]
+    assert [row["file"] for row in manifest["videos"]] == files
+    assert "wrote 3 videos to" in capsys.readouterr().out
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
 
 
 def test_dynamic_layouts_are_recorded_and_drawn_per_head(tmp_path, capsys):
