@@ -6,25 +6,30 @@
     print(format_table(result))
 
 Every metric carries `impl`: "exact" (VBench's definition with its model or formula), "proxy"
-(VBench's formula on an offline stand-in: DIS optical flow, SSIM) or "skipped", and a `reason`
-(the stand-in and the missing weight file, or why it was skipped). See docs/metrics.md.
+(VBench's formula on an offline stand-in: DIS optical flow, flow-splatting interpolation, SSIM) or
+"skipped", and a `reason` (the stand-in and why the exact path is unavailable: a missing, refused or
+unloadable weight file, or a missing optional package). See docs/metrics.md.
 
-Modules: video (loading, uint8), fidelity (PSNR, SSIM), temporal (flicker, flow-based proxies),
-models + exact (learned metrics from local weights), suite (the JSON result and the table).
+Modules: video (loading, uint8), fidelity (PSNR, SSIM), temporal (flicker, VBench's flow rules, proxies),
+models + exact (learned metrics from verified local weights), thirdparty (VBench's RAFT / AMT-S and
+pyiqa's MUSIQ from the optional packages), suite (the JSON result and the table).
 """
 
-from .exact import ExactMetrics, weights_root
+from .exact import KNOWN_SHA256, ExactMetrics, WeightsRefused, weights_root
 from .fidelity import psnr, ssim
 from .suite import METRICS, evaluate, evaluate_pair, format_table, plan
 from .temporal import (
     background_consistency_proxy,
     dynamic_degree,
+    interpolate_midpoint,
     motion_smoothness,
+    static_filter,
     subject_consistency_proxy,
     temporal_flickering,
 )
 from .video import load_video, to_uint8
 
-__all__ = ["METRICS", "ExactMetrics", "evaluate", "evaluate_pair", "format_table", "plan", "load_video", "psnr",
-           "ssim", "temporal_flickering", "dynamic_degree", "motion_smoothness", "subject_consistency_proxy",
-           "background_consistency_proxy", "to_uint8", "weights_root"]
+__all__ = ["METRICS", "KNOWN_SHA256", "ExactMetrics", "WeightsRefused", "evaluate", "evaluate_pair", "format_table",
+           "plan", "load_video", "psnr", "ssim", "temporal_flickering", "dynamic_degree", "static_filter",
+           "motion_smoothness", "interpolate_midpoint", "subject_consistency_proxy", "background_consistency_proxy",
+           "to_uint8", "weights_root"]

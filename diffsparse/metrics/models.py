@@ -6,7 +6,9 @@ foreign checkpoint is an error rather than silently wrong numbers.
 - `DinoViT`: DINO's ViT (subject consistency), keys of `dino_vitbase16_pretrain.pth`.
 - `ClipVision`: OpenAI CLIP's image tower (`visual.*` keys of `ViT-B-32.pt` / `ViT-L-14.pt`). We
   read only the archive's *weights*: OpenAI's TorchScript graphs were traced on CUDA in fp16 and do
-  not run unpatched on a CPU.
+  not run unpatched on a CPU. `openai_fp16()` reproduces the precision of `clip.load(..., device="cuda")`
+  (what VBench runs on a GPU): convolutions, linear layers, attention and the projection in fp16,
+  LayerNorms computed in fp32 and cast back; on a CPU `clip.load` (and we) run everything in fp32.
 - `AlexLPIPS`: LPIPS v0.1 (torchvision AlexNet feature keys + LPIPS `lin{i}.model.1.weight` heads).
 """
 
@@ -63,10 +65,12 @@ class DinoViT(torch.nn.Module):
         model.load_state_dict(sd, strict=True)
         return model
 
-    def _pos(self, rows: int, cols: int) -> torch.Tensor:
+    def _pos(self, rows: int, cols: int, height: int, width: int) -> torch.Tensor:
         n = self.pos_embed.shape[1] - 1
         side = int(math.sqrt(n))
-        if rows == cols == side:
+        # DINO's rule: keep the table only when the patch count matches *and the input is square in pixels*;
+        # e.g. a 224x227 input (a 14x14 grid) still goes through the interpolation below, which is not an identity
+        if rows * cols == n and height == width:
             return self.pos_embed
         grid = self.pos_embed[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
         # DINO's interpolation: bicubic with a +0.1 scale offset against floating-point rounding
@@ -76,10 +80,18 @@ class DinoViT(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows, cols = x.shape[2] // self.patch, x.shape[3] // self.patch
         t = self.patch_embed.proj(x).flatten(2).transpose(1, 2)
-        t = torch.cat([self.cls_token.expand(t.shape[0], -1, -1), t], 1) + self._pos(rows, cols)
+        t = torch.cat([self.cls_token.expand(t.shape[0], -1, -1), t], 1) + self._pos(rows, cols, x.shape[2], x.shape[3])
         for blk in self.blocks:
             t = blk(t)
         return self.norm(t)[:, 0]
+
+
+class _LayerNorm32(torch.nn.LayerNorm):
+    """CLIP's LayerNorm: computed in fp32 whatever the input dtype, result cast back (a no-op in fp32)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w, b = self.weight.float(), self.bias.float()
+        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).to(x.dtype)
 
 
 class _ClipBlock(torch.nn.Module):
@@ -88,7 +100,7 @@ class _ClipBlock(torch.nn.Module):
     def __init__(self, width: int, heads: int) -> None:
         super().__init__()
         self.attn = torch.nn.MultiheadAttention(width, heads, batch_first=True)
-        self.ln_1, self.ln_2 = torch.nn.LayerNorm(width), torch.nn.LayerNorm(width)
+        self.ln_1, self.ln_2 = _LayerNorm32(width), _LayerNorm32(width)
         self.mlp = torch.nn.Module()
         self.mlp.c_fc, self.mlp.c_proj = torch.nn.Linear(width, 4 * width), torch.nn.Linear(4 * width, width)
 
@@ -108,7 +120,7 @@ class ClipVision(torch.nn.Module):
         self.conv1 = torch.nn.Conv2d(3, width, patch, patch, bias=False)
         self.class_embedding = torch.nn.Parameter(torch.zeros(width))
         self.positional_embedding = torch.nn.Parameter(torch.zeros(grid * grid + 1, width))
-        self.ln_pre, self.ln_post = torch.nn.LayerNorm(width), torch.nn.LayerNorm(width)
+        self.ln_pre, self.ln_post = _LayerNorm32(width), _LayerNorm32(width)
         self.transformer = torch.nn.Module()
         self.transformer.resblocks = torch.nn.ModuleList(_ClipBlock(width, heads) for _ in range(layers))
         self.proj = torch.nn.Parameter(torch.zeros(width, out_dim))
@@ -127,11 +139,27 @@ class ClipVision(torch.nn.Module):
         model.load_state_dict(vis, strict=True)
         return model
 
+    def openai_fp16(self) -> "ClipVision":
+        """Cast like OpenAI's `convert_weights` (what `clip.load` leaves on CUDA): conv, linear, attention and
+        `proj` to fp16; LayerNorms and the class/position embeddings stay fp32 (cast to fp16 where used)."""
+        for m in self.modules():
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+                m.half()
+            elif isinstance(m, torch.nn.MultiheadAttention):
+                m.in_proj_weight.data, m.in_proj_bias.data = m.in_proj_weight.data.half(), m.in_proj_bias.data.half()
+        self.proj.data = self.proj.data.half()
+        return self
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.conv1.weight.dtype
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.patch * self.grid or x.shape[-2] != self.patch * self.grid:
             raise ValueError(f"CLIP expects {self.patch * self.grid}px square input, got {tuple(x.shape[-2:])}")
-        t = self.conv1(x).flatten(2).transpose(1, 2)
-        t = torch.cat([self.class_embedding.expand(t.shape[0], 1, -1), t], 1) + self.positional_embedding
+        t = self.conv1(x.to(self.dtype)).flatten(2).transpose(1, 2)  # CLIP's encode_image: image.type(self.dtype)
+        cls = self.class_embedding.to(t.dtype).expand(t.shape[0], 1, -1)
+        t = torch.cat([cls, t], 1) + self.positional_embedding.to(t.dtype)
         t = self.ln_pre(t)
         for blk in self.transformer.resblocks:
             t = blk(t)
