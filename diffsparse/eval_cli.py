@@ -11,7 +11,7 @@ import json
 import os
 from typing import List, Optional, Tuple
 
-from .cli import HelpFormatter, UsageError, check_out_file, first_line, number_at_least
+from .cli_args import HelpFormatter, UsageError, check_out_file, first_line, number_at_least
 from .metrics.video import VIDEO_EXTENSIONS
 
 
