@@ -56,8 +56,9 @@ def cpu_name() -> str:
         return platform.processor() or "CPU"
 
 
-def quality_vs_speed_png(rows: List[Dict], path: str) -> str:
-    """PSNR vs dense (y) against DiT speed-up (x), one labelled point per method; returns the plotter used."""
+def quality_vs_speed_png(rows: List[Dict], path: str) -> bool:
+    """PSNR vs dense (y) against DiT speed-up (x), one labelled point per method (matplotlib: the `eval`
+    extra); returns False, writing nothing, when matplotlib is not installed."""
     pts = [(r["method"], r["speedup"], r["psnr"]) for r in rows if r["psnr"] is not None]
     try:
         import matplotlib
@@ -65,8 +66,7 @@ def quality_vs_speed_png(rows: List[Dict], path: str) -> str:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        _png_opencv(pts, path)
-        return "opencv"
+        return False
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100)
     ax.axvline(1.0, color="0.7", lw=1)  # speed-up 1 = dense
     for name, x, y in pts:
@@ -77,37 +77,7 @@ def quality_vs_speed_png(rows: List[Dict], path: str) -> str:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
-    return "matplotlib"
-
-
-def _png_opencv(pts: List, path: str) -> None:
-    """The same scatter drawn with OpenCV (matplotlib is optional)."""
-    import cv2
-
-    W, H, m = 640, 420, 60
-    img = np.full((H, W, 3), 255, np.uint8)
-    if pts:
-        xs, ys = [p[1] for p in pts], [p[2] for p in pts]
-        x0, x1 = min(xs + [1.0]) * 0.9, max(xs + [1.0]) * 1.1
-        y0, y1 = min(ys) - 2, max(ys) + 2
-
-        def to_px(x, y):
-            return int(m + (x - x0) / (x1 - x0) * (W - 2 * m)), int(H - m - (y - y0) / (y1 - y0) * (H - 2 * m))
-
-        cv2.rectangle(img, (m, m), (W - m, H - m), (0, 0, 0), 1)
-        bx = to_px(1.0, y0)[0]
-        cv2.line(img, (bx, m), (bx, H - m), (160, 160, 160), 1)  # speed-up 1 = dense
-        for name, x, y in pts:
-            p = to_px(x, y)
-            cv2.circle(img, p, 5, (200, 60, 20), -1)
-            cv2.putText(img, name, (p[0] + 7, p[1] - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
-        for v in (x0, (x0 + x1) / 2, x1):
-            cv2.putText(img, f"{v:.2f}", (to_px(v, y0)[0] - 15, H - m + 18), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
-        for v in (y0, (y0 + y1) / 2, y1):
-            cv2.putText(img, f"{v:.1f}", (8, to_px(x0, v)[1] + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
-    cv2.putText(img, "DiT speed-up vs dense (x)", (W // 2 - 90, H - 15), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
-    cv2.putText(img, "PSNR vs dense, dB (y)", (m, m - 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
-    cv2.imwrite(path, img)
+    return True
 
 
 def markdown(rows: List[Dict], metrics: Dict[str, Dict], header: List[str]) -> str:
@@ -123,8 +93,13 @@ def markdown(rows: List[Dict], metrics: Dict[str, Dict], header: List[str]) -> s
             else:
                 e = metrics[r["method"]][k]
                 v = e["value"]
-                vals.append(f"{v:.2f}" if k == "psnr" and v is not None else (
-                    f"{v:.4f}" if isinstance(v, float) else ("identical" if e.get("identical") else "-")))
+                text = f"{v:.2f}" if k == "psnr" and v is not None else (
+                    f"{v:.4f}" if isinstance(v, float) else ("identical" if e.get("identical") else "-"))
+                if k == "dynamic_degree" and e.get("flow_score") is not None:  # the 0/1 decision's margin
+                    thr = e.get("threshold")
+                    text += f" (flow {e['flow_score']:.2f} px, thr {thr:.2f})" if isinstance(thr, float) else \
+                        f" (flow {e['flow_score']:.2f} px)"
+                vals.append(text)
         d = "-" if r["density"] is None else f"{r['density']:.3f}"
         lines.append(f"| {r['method']} | {d} | {r['dit_s']:.2f} | {r['speedup']:.2f} | " + " | ".join(vals) + " |")
     lines += ["", "PSNR/SSIM/LPIPS: sparse vs the dense render of the same prompt and seed (PSNR: MSE pooled per "
@@ -271,9 +246,10 @@ def _evaluate(args, argv, ranks, device: str) -> int:
               f"wall time {run['wall_seconds']} s."] + (["", f"Note: {args.note}"] if args.note else [])
     with open(os.path.join(out_dir, "results.md"), "w") as f:
         f.write(markdown(rows, metrics, header))
-    plotter = quality_vs_speed_png(rows, os.path.join(out_dir, "quality_vs_speed.png"))
+    plotted = quality_vs_speed_png(rows, os.path.join(out_dir, "quality_vs_speed.png"))
     print(open(os.path.join(out_dir, "results.md")).read())
-    print(f"wrote {out_dir}/results.json, results.md, quality_vs_speed.png ({plotter})")
+    print(f"wrote {out_dir}/results.json, results.md" + (", quality_vs_speed.png" if plotted else
+                                                         " (no plot: pip install -e .[eval] for matplotlib)"))
     return 0
 
 
