@@ -34,7 +34,7 @@ if __name__ == "__main__":
     T.batch.__defaults__ = (translation_sample,)  # the trainer's batches draw from translations only
     T.sample_sigmas = high_sigmas
     out, steps = sys.argv[1], int(sys.argv[2])
-    cfg = T.load_config("configs/reference_video_continue2_a.json", {"out": out, "steps": 15100 + steps})
+    cfg = T.load_config("experiments/reference_configs/reference_video_continue2_a.json", {"out": out, "steps": 15100 + steps})
     cfg.update(sizes=None, stats_samples=16, caption_dropout=0.0, ckpt_every=100, warmup=20)
     tr = T.trainer_for(cfg)
     tr.init_from(cfg["init_from"])
