@@ -16,7 +16,7 @@ from .kernels import BACKENDS, normalize_block_size
 from .kernels.api import QUANTIZE
 from .methods import get_method
 from .parallel import check_parallel_support
-from .pipelines import find_adapter, supported_models
+from .pipelines import adapter_for_family, find_adapter, supported_models
 from .plan import Plan
 from .preview import plan_for
 
@@ -250,18 +250,13 @@ def sparse_attention(pipe: Any, method: str = "radial", **options: Any) -> Itera
                                 for m in previous.adapter.self_attention_modules(t)])
 
 
-#: latent token grid of a (frames, height, width) video in pixels, per model family
-_PIXELS_PER_TOKEN = {"wan": (4, 16, 16), "hunyuan": (4, 16, 16), "flux": (1, 16, 16)}
-
-
 def token_grid(family: str, frames: int, height: int, width: int) -> Grid:
     """Latent token grid of the released models of a family (VAE x patch factors)."""
-    if family not in _PIXELS_PER_TOKEN:
-        raise ValueError(f"unknown model family {family!r}; choose one of {sorted(_PIXELS_PER_TOKEN)}")
-    ft, fh, fw = _PIXELS_PER_TOKEN[family]
+    adapter = adapter_for_family(family)
+    ft, fh, fw = adapter.pixels_per_token
     if min(frames, height, width) <= 0 or height < fh or width < fw:
         raise ValueError(f"impossible video size {frames}x{height}x{width} for {family} (tokens are {fh}x{fw} px)")
-    t = 1 if family == "flux" else (frames - 1) // ft + 1
+    t = 1 if adapter.single_frame else (frames - 1) // ft + 1
     return Grid(t, height // fh, width // fw)
 
 

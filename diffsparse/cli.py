@@ -116,6 +116,7 @@ def check_size(frames: int, height: int, width: int, strides: Tuple[int, int, in
 def _check_render(args: argparse.Namespace) -> None:
     """Everything `render` can check before a model is loaded; fills the model's default sizes."""
     from . import render as R
+    from .pipelines import adapter_for_family
 
     if args.prompts:
         _read_prompts(args.prompts)
@@ -134,7 +135,7 @@ def _check_render(args: argparse.Namespace) -> None:
     if args.save_layouts:
         check_out_file(args.save_layouts, "--save-layouts", (".pt",))
     family = R.model_family(args.model)
-    if args.model and family == "flux":
+    if args.model and adapter_for_family(family).single_frame:
         raise UsageError(f"--model {args.model!r} holds a {R.pipeline_class_name(args.model)} (an image model); "
                          "render draws videos: use a Wan or HunyuanVideo pipeline folder")
     _fill_defaults(args)
@@ -329,6 +330,7 @@ def _show_recorded(args: argparse.Namespace) -> int:
 
 def _show_mask(args: argparse.Namespace) -> int:
     from . import api
+    from .pipelines import adapter_for_family
     from .preview import block_layout
     from .viz import mask_image, save_png
 
@@ -338,8 +340,9 @@ def _show_mask(args: argparse.Namespace) -> int:
     if args.layer is not None:
         raise UsageError("--layer picks a recorded layer; it applies only with --layouts")
     family = args.model_family
-    ft, fh, fw = api._PIXELS_PER_TOKEN[family]
-    if family == "flux":
+    adapter = adapter_for_family(family)
+    ft, fh, fw = adapter.pixels_per_token
+    if adapter.single_frame:
         if args.frames not in (None, 1):
             raise UsageError(f"--frames {args.frames}: flux models draw images (one frame); leave --frames out")
         args.frames = 1
@@ -386,15 +389,15 @@ def _bench(args: argparse.Namespace) -> int:
 # ---- parser ----
 
 def build_parser() -> argparse.ArgumentParser:
-    from .api import _PIXELS_PER_TOKEN
     from .dynamic import DynamicMethod
     from .methods import METHODS, list_methods
+    from .pipelines import adapter_for_family
     from .render import EMBEDDED_DEFAULTS as E, MODEL_DEFAULTS as M, VIDEO_OUT_EXTENSIONS, size_strides
 
     def by_model(key: str, model: Optional[str] = None) -> str:
         return f"default: {E[key]} for the embedded model, {M[key] if model is None else model} for --model"
 
-    emb, wan = size_strides(None), _PIXELS_PER_TOKEN["wan"]
+    emb, wan = size_strides(None), adapter_for_family("wan").pixels_per_token
     strides = [f"{e} for the embedded model" + (f", {w} for Wan/HunyuanVideo" if w != e else " and Wan/HunyuanVideo")
                for e, w in zip(emb, wan)]
 

@@ -15,7 +15,7 @@ from .dynamic import DynamicMethod
 from .geometry import Grid, TokenSpans
 from .kernels import normalize_block_size
 from .methods import get_method
-from .pipelines import ADAPTERS
+from .pipelines import ADAPTERS, adapter_for_family
 from .plan import Plan, build_plan
 
 # Options the handle takes for every method; they do not change a static layout.
@@ -82,7 +82,7 @@ def plan_for(method: str, grid: Any, family: str = "wan", text_len: int = 0, blo
         )
     instance = method_cls(family, **{k: v for k, v in options.items() if k not in SHARED_OPTIONS})
     order, vmask = instance.video_layout(grid, bq, bk)
-    spans = TokenSpans(grid, text_len, text_first=family == "flux")
+    spans = TokenSpans(grid, text_len, text_first=adapter_for_family(family).text_first)
     return build_plan(order, vmask, spans, None, bq, bk)
 
 

@@ -80,12 +80,12 @@ def size_strides(model: Optional[str]) -> Optional[Tuple[int, int, int]]:
     """(frames, height px, width px) a render size must step by: frames = 1 + k * frames stride, height and width
     multiples of theirs. The embedded model's come from its VAE and patch configs (and the Wan pipeline's multiple
     of 16), a local folder's from its family's released models (`api.token_grid`); None when unknown."""
-    from .api import _PIXELS_PER_TOKEN
+    from .pipelines import adapter_for_family
 
     family = model_family(model)
     if family is None:
         return None
-    ft, fh, fw = _PIXELS_PER_TOKEN[family]
+    ft, fh, fw = adapter_for_family(family).pixels_per_token
     if not model:
         from .reference import VIDEO_WEIGHTS, available
 

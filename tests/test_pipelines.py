@@ -166,3 +166,31 @@ def test_torch_compile_matches_eager():
     handle.reset()
     assert torch.allclose(compiled, tr(x, torch.tensor([300]), ehs, return_dict=False)[0], atol=1e-6)
     assert torch.isfinite(eager).all()
+
+
+def test_family_facts_live_on_the_adapter():
+    """token_grid and block_layout read a family's pixels per token and text position from its adapter."""
+    from diffsparse.pipelines import ADAPTERS, adapter_for_family
+
+    for adapter in ADAPTERS:
+        assert adapter_for_family(adapter.family) is adapter
+        ft, fh, fw = adapter.pixels_per_token
+        grid = diffsparse.token_grid(adapter.family, 1 + 4 * ft, 8 * fh, 5 * fw)
+        assert grid.dims == ((1, 8, 5) if adapter.single_frame else (5, 8, 5))
+    with pytest.raises(ValueError, match=r"unknown model family 'ltx'.*'flux', 'hunyuan', 'wan'"):
+        diffsparse.token_grid("ltx", 17, 64, 64)
+    # FLUX puts text first: the layout's token order starts with the text tokens' model positions
+    layout = diffsparse.block_layout("sliding_window", (1, 4, 4), family="flux", text_len=3, block_size=1,
+                                     tile=(1, 2, 2), window_tiles=(1, 1, 1))
+    video_positions = set(layout.order[:16].tolist()) if layout.order is not None else set(range(3, 19))
+    assert video_positions == set(range(3, 19))
+
+
+def test_a_method_without_a_preset_for_the_family_refuses_it(monkeypatch):
+    from diffsparse.methods import get_method
+
+    radial = get_method("radial")
+    monkeypatch.setattr(radial, "presets", {k: v for k, v in radial.presets.items() if k != "hunyuan"})
+    with pytest.raises(ValueError, match=r"method 'radial' has no preset for 'hunyuan' models"):
+        radial("hunyuan")
+    radial("wan")  # the others still work

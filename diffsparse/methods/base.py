@@ -83,6 +83,9 @@ class SparseMethod:
     def __init__(self, family: str, **opts: Any) -> None:
         if family in self.unsupported:
             raise ValueError(f"method {self.name!r} does not support {family} models: {self.unsupported[family]}")
+        if self.presets and family not in self.presets:  # a new family must choose its defaults, not inherit none
+            raise ValueError(f"method {self.name!r} has no preset for {family!r} models; it has presets for "
+                             f"{sorted(self.presets)}")
         self.family = family
         values = {k: v for k, v in self.presets.get(family, {}).items() if k in self.options}
         for key, val in opts.items():

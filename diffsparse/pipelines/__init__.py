@@ -18,6 +18,14 @@ def supported_models() -> List[str]:
     return [a.transformer_class.__name__ for a in ADAPTERS]
 
 
+def adapter_for_family(family: str) -> Type[ModelAdapter]:
+    """The adapter of a model family name ("wan", "hunyuan", "flux")."""
+    for adapter in ADAPTERS:
+        if adapter.family == family:
+            return adapter
+    raise ValueError(f"unknown model family {family!r}; choose one of {sorted(a.family for a in ADAPTERS)}")
+
+
 def find_adapter(transformer: torch.nn.Module) -> Type[ModelAdapter]:
     for adapter in ADAPTERS:
         if adapter.matches(transformer):
@@ -27,4 +35,4 @@ def find_adapter(transformer: torch.nn.Module) -> Type[ModelAdapter]:
     )
 
 
-__all__ = ["ADAPTERS", "ModelAdapter", "find_adapter", "supported_models"]
+__all__ = ["ADAPTERS", "ModelAdapter", "adapter_for_family", "find_adapter", "supported_models"]

@@ -20,6 +20,12 @@ class ModelAdapter:
     transformer_class: ClassVar[type]
     #: the stock processor class a patched module must currently use
     stock_processor: ClassVar[type]
+    #: pixels per latent token of the family's released models, (frames, height, width): VAE x patch
+    pixels_per_token: ClassVar[Tuple[int, int, int]]
+    #: text tokens come before the image/video tokens in the joint sequence (FLUX), else after (HunyuanVideo)
+    text_first: ClassVar[bool] = False
+    #: the family draws images: one frame, no time axis
+    single_frame: ClassVar[bool] = False
 
     @classmethod
     def matches(cls, transformer: torch.nn.Module) -> bool:

@@ -104,7 +104,7 @@ class HunyuanVideoSparseProcessor(HunyuanVideoAttnProcessor2_0):
 
         n_txt = 0 if encoder_hidden_states is None else encoder_hidden_states.shape[1]
         out = self.handle.attend(
-            self.layer, query, key, value, text_len=n_txt, text_first=False, key_mask=attention_mask, dense=dense,
+            self.layer, query, key, value, text_len=n_txt, text_first=HunyuanVideoAdapter.text_first, key_mask=attention_mask, dense=dense,
             parallel_config=self._parallel_config,
         )
         out = out.flatten(2, 3).to(query.dtype)
@@ -121,6 +121,7 @@ class HunyuanVideoAdapter(ModelAdapter):
     family = "hunyuan"
     transformer_class = HunyuanVideoTransformer3DModel
     stock_processor = HunyuanVideoAttnProcessor2_0
+    pixels_per_token = (4, 16, 16)  # causal 4x8x8 VAE, patch (1, 2, 2)
 
     self_attention_modules = staticmethod(dual_and_single_stream_attention)
 

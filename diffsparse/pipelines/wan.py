@@ -45,7 +45,7 @@ class WanSparseProcessor(WanAttnProcessor):
             )
 
         out = self.handle.attend(
-            self.layer, query, key, value, text_len=0, text_first=False, key_mask=attention_mask, dense=dense,
+            self.layer, query, key, value, text_len=0, text_first=WanAdapter.text_first, key_mask=attention_mask, dense=dense,
             parallel_config=self._parallel_config,
         )
         out = out.flatten(2, 3).type_as(query)
@@ -56,6 +56,7 @@ class WanAdapter(ModelAdapter):
     family = "wan"
     transformer_class = WanTransformer3DModel
     stock_processor = WanAttnProcessor
+    pixels_per_token = (4, 16, 16)  # causal 4x8x8 VAE, patch (1, 2, 2)
 
     @staticmethod
     def self_attention_modules(transformer):
