@@ -51,6 +51,8 @@ POINTS: List[Tuple[str, Dict[str, Any]]] = [
     ("adaspa", {"sparsity": 0.7}),
     ("adaspa", {"sparsity": 0.9}),
     ("adaspa", {"search_steps": (0.2,)}),
+    ("adaspa", {"search_steps": (0.2, 0.4, 0.6, 0.8)}),
+    ("adaspa", {"row_wise": True}),
     ("paro", {"density": 0.3}),
     ("paro", {"density": 0.5}),
 ]
@@ -93,7 +95,8 @@ def calibrate(pipe, prompt: str, seed: int, frames: int, density: float):
                                     generator=torch.Generator().manual_seed(seed), output_type="np")
 
 
-def run(args) -> List[Dict[str, Any]]:
+def run(args, on_length=None) -> List[Dict[str, Any]]:
+    """Every point at every length; `on_length(results)` after each length (partial results survive a kill)."""
     from diffsparse import render as R
     from diffsparse.metrics import motion_smoothness, temporal_flickering, to_uint8
     from diffsparse.reference.data import held_out_specs
@@ -139,6 +142,8 @@ def run(args) -> List[Dict[str, Any]]:
                 "ssim": mean("ssim"), "temporal_flickering": mean("flicker"), "motion_smoothness": mean("smooth"),
                 "dense_seconds": float(np.mean(dense_s)), "prompts": prompts,
             })
+        if on_length is not None:
+            on_length(results)
     return results
 
 
@@ -198,22 +203,28 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.time()
-    results = run(args)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    header = [f"# Frontier: `python eval/frontier.py {' '.join(argv if argv is not None else sys.argv[1:])}`".rstrip(),
-              "", f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}; embedded "
-              f"reference model, 128x128, 16 steps, blocks of {BLOCK}; lengths {args.lengths} frames; "
-              f"{args.prompts} held-out prompts; wall {time.time() - start:.0f} s; "
-              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"]
-    with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write(markdown(results, header) + "\n")
-    print(markdown(results, header))
-    try:
-        print("wrote", ", ".join(plots(results, args.out)))
-    except ImportError:
-        print("matplotlib is not installed (pip install -e .[eval]): no plots", file=sys.stderr)
+    command = " ".join(argv if argv is not None else sys.argv[1:])
+
+    def write(results: List[Dict[str, Any]]) -> str:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "results.json"), "w") as f:
+            json.dump(results, f, indent=1)
+        done = sorted({r["frames"] for r in results})
+        header = [f"# Frontier: `python eval/frontier.py {command}`".rstrip(),
+                  "", f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+                  f"embedded reference model, 128x128, 16 steps, blocks of {BLOCK}; lengths {done} of {args.lengths} "
+                  f"frames; {args.prompts} held-out prompts; wall {time.time() - start:.0f} s; "
+                  f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"]
+        text = markdown(results, header)
+        with open(os.path.join(args.out, "results.md"), "w") as f:
+            f.write(text + "\n")
+        try:
+            print("wrote", ", ".join(plots(results, args.out)), file=sys.stderr)
+        except ImportError:
+            print("matplotlib is not installed (pip install -e .[eval]): no plots", file=sys.stderr)
+        return text
+
+    print(write(run(args, on_length=write)))
     return 0
 
 
