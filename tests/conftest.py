@@ -13,7 +13,7 @@ warnings.filterwarnings("ignore", message=".*torchvision.*")
 from pipeline_helpers import BUILDERS  # noqa: E402
 
 
-@pytest.fixture(params=["wan", "hunyuan", "flux"])
+@pytest.fixture(params=list(BUILDERS))
 def family(request):
     return request.param
 

@@ -2,7 +2,8 @@
 
 import torch
 
-from diffsparse.tiny import example_inputs, tiny_flux_pipeline, tiny_hunyuan_pipeline, tiny_wan_pipeline
+from diffsparse.pipelines import ADAPTERS, adapter_for_family
+from diffsparse.tiny import example_inputs
 
 # Shapes chosen so token counts do not divide the block sizes used in the tests.
 CALLS = {
@@ -10,7 +11,8 @@ CALLS = {
     "hunyuan": dict(height=48, width=48, num_frames=9, num_inference_steps=2, output_type="np"),
     "flux": dict(height=128, width=112, num_inference_steps=2, output_type="np"),
 }
-BUILDERS = {"wan": tiny_wan_pipeline, "hunyuan": tiny_hunyuan_pipeline, "flux": tiny_flux_pipeline}
+#: every registered family's tiny pipeline (a new adapter brings its own builder; give it CALLS above)
+BUILDERS = {a.family: a.tiny_pipeline for a in ADAPTERS}
 
 
 def render(pipe, family, seed=0, **overrides):
@@ -18,7 +20,7 @@ def render(pipe, family, seed=0, **overrides):
     kwargs = dict(example_inputs(family, valid_text=5 if family == "hunyuan" else None), **CALLS[family])
     kwargs.update(overrides)
     res = pipe(generator=torch.Generator().manual_seed(seed), **kwargs)
-    out = res.images if family == "flux" else res.frames
+    out = res.images if adapter_for_family(family).single_frame else res.frames
     return torch.as_tensor(out[0])
 
 

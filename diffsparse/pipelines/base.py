@@ -51,6 +51,16 @@ class ModelAdapter:
         raise NotImplementedError
 
     @staticmethod
+    def tiny_pipeline(**kwargs: Any) -> Any:
+        """A small random-weight pipeline of this family built from configs offline (tests, benchmarks)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def tiny_inputs(seed: int = 0, text_len: int = 8, valid_text: Optional[int] = None) -> Dict[str, Any]:
+        """Prompt embeddings (and masks) for `tiny_pipeline`: its text encoders are left out."""
+        raise NotImplementedError
+
+    @staticmethod
     def context_parallel_plan(transformer: torch.nn.Module) -> Optional[Dict[str, Any]]:
         """A Diffusers CP plan for `enable_parallelism(cp_plan=...)`; None: the model ships its own."""
         return None

@@ -3,7 +3,7 @@ so the hook reads it from `encoder_hidden_states` / `txt_ids` and the processor 
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
@@ -83,6 +83,39 @@ class FluxSparseProcessor(FluxAttnProcessor):
         return out
 
 
+# ---- a tiny random-weight pipeline of this family, built from configs offline (tests, benchmarks) ----
+
+def tiny_pipeline(num_layers: int = 1, num_single_layers: int = 1, seed: int = 0):
+    """A `FluxPipeline` with a small transformer and an 8x VAE (4 latent channels)."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=num_layers, num_single_layers=num_single_layers,
+        attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
+        axes_dims_rope=[4, 4, 8],
+    )
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(4, 4, 4, 4),
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        norm_num_groups=1, sample_size=32, shift_factor=0.0609, scaling_factor=1.5035,
+    )
+    pipe = FluxPipeline(
+        transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(),
+        text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_inputs(seed: int = 0, text_len: int = 8, valid_text: Optional[int] = None) -> Dict[str, Any]:
+    """Prompt embeddings for `tiny_pipeline`."""
+    g = torch.Generator().manual_seed(seed)
+    return {"prompt_embeds": torch.randn(1, text_len, 32, generator=g),
+            "pooled_prompt_embeds": torch.randn(1, 32, generator=g)}
+
+
 class FluxAdapter(ModelAdapter):
     family = "flux"
     transformer_class = FluxTransformer2DModel
@@ -90,6 +123,8 @@ class FluxAdapter(ModelAdapter):
     pixels_per_token = (1, 16, 16)  # 8x8 VAE, 2x2 packing
     text_first = True
     single_frame = True
+    tiny_pipeline = staticmethod(tiny_pipeline)
+    tiny_inputs = staticmethod(tiny_inputs)
 
     self_attention_modules = staticmethod(dual_and_single_stream_attention)
 

@@ -7,6 +7,8 @@ The text refiner's attention is not patched.
 
 from __future__ import annotations
 
+from typing import Any, Dict, Optional
+
 import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.embeddings import apply_rotary_emb
@@ -117,11 +119,57 @@ class HunyuanVideoSparseProcessor(HunyuanVideoAttnProcessor2_0):
         return out, encoder_hidden_states
 
 
+# ---- a tiny random-weight pipeline of this family, built from configs offline (tests, benchmarks) ----
+
+def tiny_pipeline(num_layers: int = 1, num_single_layers: int = 1, seed: int = 0):
+    """A `HunyuanVideoPipeline` with a small transformer (patch 1) and a small VAE (8x spatial, 4x temporal)."""
+    from diffusers import (
+        AutoencoderKLHunyuanVideo,
+        FlowMatchEulerDiscreteScheduler,
+        HunyuanVideoPipeline,
+        HunyuanVideoTransformer3DModel,
+    )
+
+    torch.manual_seed(seed)
+    transformer = HunyuanVideoTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=10, num_layers=num_layers,
+        num_single_layers=num_single_layers, num_refiner_layers=1, patch_size=1, patch_size_t=1, guidance_embeds=True,
+        text_embed_dim=16, pooled_projection_dim=8, rope_axes_dim=(2, 4, 4),
+    )
+    torch.manual_seed(seed)
+    vae = AutoencoderKLHunyuanVideo(
+        in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=("HunyuanVideoDownBlock3D",) * 4, up_block_types=("HunyuanVideoUpBlock3D",) * 4,
+        block_out_channels=(8, 8, 8, 8), layers_per_block=1, act_fn="silu", norm_num_groups=4, scaling_factor=0.476986,
+        spatial_compression_ratio=8, temporal_compression_ratio=4, mid_block_add_attention=True,
+    )
+    pipe = HunyuanVideoPipeline(
+        transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
+        text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_inputs(seed: int = 0, text_len: int = 8, valid_text: Optional[int] = None) -> Dict[str, Any]:
+    """Prompt embeddings for `tiny_pipeline`; the padding mask keeps the first `valid_text` tokens."""
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(1, text_len, dtype=torch.long)
+    mask[:, : (text_len if valid_text is None else valid_text)] = 1
+    return {
+        "prompt_embeds": torch.randn(1, text_len, 16, generator=g),
+        "pooled_prompt_embeds": torch.randn(1, 8, generator=g),
+        "prompt_attention_mask": mask,
+    }
+
+
 class HunyuanVideoAdapter(ModelAdapter):
     family = "hunyuan"
     transformer_class = HunyuanVideoTransformer3DModel
     stock_processor = HunyuanVideoAttnProcessor2_0
     pixels_per_token = (4, 16, 16)  # causal 4x8x8 VAE, patch (1, 2, 2)
+    tiny_pipeline = staticmethod(tiny_pipeline)
+    tiny_inputs = staticmethod(tiny_inputs)
 
     self_attention_modules = staticmethod(dual_and_single_stream_attention)
 
