@@ -31,6 +31,8 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BLOCK = 64  # the render default's block: a quarter of a 16x16-token frame
 
+#: AdaSpa's warm-up before the frontier chose the static presets' one (dense_layers 1, dense_steps 0.25)
+PAPER_WARMUP = {"dense_layers": 0, "dense_steps": 0.2}
 #: (method, options) per point; the family preset fills what is left out. The first point of each
 #: method is its preset; presets also run with FlashBlock reuse and with INT8 QK^T.
 POINTS: List[Tuple[str, Dict[str, Any]]] = [
@@ -47,14 +49,22 @@ POINTS: List[Tuple[str, Dict[str, Any]]] = [
     ("grat", {"variant": "block", "radius": 1}),
     ("grat", {"group_size": (4, 8, 8)}),
     ("adaspa", {}),
-    ("adaspa", {"sparsity": 0.5}),
-    ("adaspa", {"sparsity": 0.7}),
-    ("adaspa", {"sparsity": 0.9}),
-    ("adaspa", {"search_steps": (0.2,)}),
-    ("adaspa", {"search_steps": (0.2, 0.4, 0.6, 0.8)}),
-    ("adaspa", {"row_wise": True}),
+    ("adaspa", {"row_wise": True, "search_steps": (0.25,)}),
+    # the paper's search rule with its own warm-up (no dense layer, a fifth of the steps): the preset before
+    # the frontier, and the knobs swept from it
+    ("adaspa", dict(PAPER_WARMUP)),
+    ("adaspa", {"cache": "flashblock", **PAPER_WARMUP}),
+    ("adaspa", {"quantize": "int8", **PAPER_WARMUP}),
+    ("adaspa", {"sparsity": 0.5, **PAPER_WARMUP}),
+    ("adaspa", {"sparsity": 0.7, **PAPER_WARMUP}),
+    ("adaspa", {"sparsity": 0.9, **PAPER_WARMUP}),
+    ("adaspa", {"search_steps": (0.2,), **PAPER_WARMUP}),
+    ("adaspa", {"search_steps": (0.2, 0.4, 0.6, 0.8), **PAPER_WARMUP}),
+    ("adaspa", {"row_wise": True, **PAPER_WARMUP}),
     ("paro", {"density": 0.3}),
     ("paro", {"density": 0.5}),
+    ("paro", {"density": 0.3, "dense_steps": 0}),  # no warm-up: the preset before the frontier
+    ("paro", {"density": 0.5, "dense_steps": 0}),
 ]
 VARIANTS = {"flashblock": {"cache": "flashblock"}, "int8": {"quantize": "int8"}}
 
@@ -78,8 +88,8 @@ def render(pipe, prompt: str, seed: int, frames: int, method: Optional[str], opt
     from diffsparse import render as R
 
     options = dict(opts)
-    if method == "paro":
-        options = {"plan": plan}
+    if method == "paro":  # the plan fixes the density and block size; shared options (warm-up) still apply
+        options = {"plan": plan, **{k: v for k, v in opts.items() if k != "density"}}
     elif method is not None:
         options.setdefault("block_size", BLOCK)
     return R.render(pipe, method, prompt=prompt, frames=frames, height=128, width=128, steps=16, seed=seed, **options)
@@ -107,13 +117,20 @@ def run(args, on_length=None) -> List[Dict[str, Any]]:
     pipe = R.pipeline_for(None, "cpu")
     pipe.set_progress_bar_config(disable=True)
     sweep = points(args.points.split(",") if args.points else None, not args.no_variants)
+    done = set()
+    if args.missing and os.path.exists(os.path.join(args.out, "results.json")):
+        with open(os.path.join(args.out, "results.json")) as f:
+            done = {(r["label"], r["frames"]) for r in json.load(f)}
     results = []
     for frames in args.lengths:
+        todo = [(m, o) for m, o in sweep if (label(m, o), frames) not in done]
+        if not todo:
+            continue
         plans = {o["density"]: calibrate(pipe, calibration_prompt, 1000, frames, o["density"])
-                 for m, o in sweep if m == "paro"}
+                 for m, o in todo if m == "paro"}
         dense = [render(pipe, p, i, frames, None, {}) for i, p in enumerate(prompts)]
         rows = []
-        for method, opts in sweep:
+        for method, opts in todo:
             per = []
             for i, prompt in enumerate(prompts):
                 res = render(pipe, prompt, i, frames, method, opts, plans.get(opts.get("density")))
@@ -199,13 +216,33 @@ def main(argv=None) -> int:
     p.add_argument("--no-variants", action="store_true", help="skip the FlashBlock and INT8 rows")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=os.path.join(ROOT, "eval", "results", "frontier"))
+    p.add_argument("--missing", action="store_true",
+                   help="measure only the points (and lengths) that --out's results.json lacks; implies --update")
+    p.add_argument("--update", action="store_true",
+                   help="keep the points of --out's results.json that this run does not measure (each point's "
+                        "speed-up stays relative to the dense time of the run that measured it)")
     args = p.parse_args(argv)
+    args.update = args.update or args.missing
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.time()
     command = " ".join(argv if argv is not None else sys.argv[1:])
 
-    def write(results: List[Dict[str, Any]]) -> str:
+    kept: List[Dict[str, Any]] = []
+    if args.update and os.path.exists(os.path.join(args.out, "results.json")):
+        with open(os.path.join(args.out, "results.json")) as f:
+            kept = json.load(f)
+        for r in kept:  # points of a run before `command` was recorded come from the default sweep
+            r.setdefault("command", "python eval/frontier.py")
+        command += " (with --update: points of earlier runs kept; each point's `command` in results.json)"
+
+    def write(measured: List[Dict[str, Any]]) -> str:
+        for r in measured:
+            r.setdefault("command", "python eval/frontier.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+        new = {(r["label"], r["frames"]) for r in measured}
+        order = {m: i for i, m in enumerate(dict.fromkeys(m for m, _ in POINTS))}
+        results = sorted([r for r in kept if (r["label"], r["frames"]) not in new] + measured,
+                         key=lambda r: (r["frames"], order.get(r["method"], 99)))
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "results.json"), "w") as f:
             json.dump(results, f, indent=1)

@@ -48,3 +48,28 @@ def test_table_and_plots_from_results(tmp_path):
     assert [os.path.basename(p) for p in paths] == ["psnr_vs_density.png", "psnr_vs_speedup.png"]
     assert all(os.path.getsize(p) > 1000 for p in paths)
     json.dumps(results)
+
+
+def test_update_keeps_earlier_points_and_replaces_remeasured_ones(tmp_path, monkeypatch):
+    def row(method, opts, frames, psnr):
+        return dict(method=method, options=opts, label=frontier.label(method, opts), frames=frames, density=0.5,
+                    effective_density=None, dit_seconds=1.0, speedup=1.2, psnr=psnr, ssim=0.9,
+                    temporal_flickering=0.97, motion_smoothness=0.98)
+
+    earlier = [row("radial", {}, 97, 30.0), row("paro", {"density": 0.5}, 97, 20.0)]
+    (tmp_path / "results.json").write_text(json.dumps(earlier))
+    measured = [row("paro", {"density": 0.5}, 97, 24.0), row("adaspa", {"row_wise": True}, 97, 26.0)]
+
+    def fake_run(args, on_length=None):
+        assert args.update and args.missing
+        on_length(list(measured))
+        return list(measured)
+
+    monkeypatch.setattr(frontier, "run", fake_run)
+    monkeypatch.setattr(frontier, "plots", lambda results, out: [])
+    assert frontier.main(["--missing", "--out", str(tmp_path)]) == 0
+    merged = json.loads((tmp_path / "results.json").read_text())
+    assert [(r["label"], r["psnr"]) for r in merged] == [("radial", 30.0), ("adaspa row_wise=True", 26.0),
+                                                         ("paro density=0.5", 24.0)]
+    assert merged[0]["command"] == "python eval/frontier.py"  # an earlier run's point keeps its origin
+    assert merged[1]["command"].endswith("--missing --out " + str(tmp_path))
