@@ -192,7 +192,7 @@ def test_adaspa_has_no_static_preview():
 
 def test_adaspa_on_tiny_pipelines(pipe, family):
     steps = CALLS[family]["num_inference_steps"]
-    handle = diffsparse.enable_sparse_attention(pipe, method="adaspa", block_size=4, dense_steps=0, search_steps=(0, steps - 1), sparsity=0.6)
+    handle = diffsparse.enable_sparse_attention(pipe, method="adaspa", block_size=4, dense_steps=0, dense_layers=0, search_steps=(0, steps - 1), sparsity=0.6)
     first = render(pipe, family)
     stats = handle.stats()
     assert not stats["fallbacks"] and 0 < stats["density"] < 1
@@ -207,7 +207,7 @@ def test_adaspa_on_tiny_pipelines(pipe, family):
 def test_head_adaptive_and_row_wise_on_a_pipeline():
     pipe = BUILDERS["wan"]()
     handle = diffsparse.enable_sparse_attention(
-        pipe, method="adaspa", block_size=4, dense_steps=1, row_wise=True, search_steps=(1,), sparsity=0.6,
+        pipe, method="adaspa", block_size=4, dense_steps=1, dense_layers=0, row_wise=True, search_steps=(1,), sparsity=0.6,
     )
     render(pipe, "wan")
     layer = handle.stats()["layers"][0]
@@ -217,7 +217,7 @@ def test_head_adaptive_and_row_wise_on_a_pipeline():
 
 def test_checkpoint_recompute_does_not_search_twice():
     pipe = BUILDERS["wan"]()
-    handle = diffsparse.enable_sparse_attention(pipe.transformer, method="adaspa", block_size=4, dense_steps=0, search_steps=(0, 1))
+    handle = diffsparse.enable_sparse_attention(pipe.transformer, method="adaspa", block_size=4, dense_steps=0, dense_layers=0, search_steps=(0, 1))
     grid = Grid(2, 3, 4)
     q, k, v = planted_qkv(grid, heads=2)
     st = handle.state
@@ -240,7 +240,7 @@ def test_gradient_checkpointing_matches_plain_backward():
         t = tiny_wan_pipeline().transformer
         if checkpointing:
             t.enable_gradient_checkpointing()
-        h = diffsparse.enable_sparse_attention(t, method="adaspa", block_size=4, dense_steps=0, search_steps=(0, 1))
+        h = diffsparse.enable_sparse_attention(t, method="adaspa", block_size=4, dense_steps=0, dense_layers=0, search_steps=(0, 1))
         g = torch.Generator().manual_seed(0)
         x = torch.randn(1, 16, 2, 6, 8, generator=g)
         ctx = torch.randn(1, 8, 32, generator=g)

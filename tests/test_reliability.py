@@ -45,7 +45,7 @@ def test_a_call_stopped_by_an_exception_does_not_change_the_next(method, opts):
 
 def test_adaspa_video_does_not_depend_on_its_batch_mates():
     pipe = tiny_wan_pipeline()
-    diffsparse.enable_sparse_attention(pipe, method="adaspa", block_size=8, dense_steps=0, search_steps=(0, 1), sparsity=0.6)
+    diffsparse.enable_sparse_attention(pipe, method="adaspa", block_size=8, dense_steps=0, dense_layers=0, search_steps=(0, 1), sparsity=0.6)
     inputs = example_inputs("wan")
     alone = pipe(generator=torch.Generator().manual_seed(0), **inputs, **CALLS["wan"]).frames[0]
     other = {k: torch.randn_like(v) if k == "prompt_embeds" else v for k, v in inputs.items()}
