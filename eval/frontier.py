@@ -179,8 +179,16 @@ def markdown(results: List[Dict[str, Any]], header: List[str]) -> str:
     return "\n".join(lines)
 
 
+def _front(pts: List[Tuple[float, float]], lower_x_is_better: bool) -> List[Tuple[float, float]]:
+    """The points no other point beats on both x and PSNR, sorted along x."""
+    def beats(a, b):
+        better_x = a[0] <= b[0] if lower_x_is_better else a[0] >= b[0]
+        return better_x and a[1] >= b[1] and a != b
+    return sorted(p for p in pts if not any(beats(q, p) for q in pts))
+
+
 def plots(results: List[Dict[str, Any]], out_dir: str) -> List[str]:
-    """PSNR vs density and PSNR vs speed-up, one line per method and length (points sorted along x)."""
+    """PSNR vs density and PSNR vs speed-up: per method and length every point, and a line along its frontier."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -193,8 +201,11 @@ def plots(results: List[Dict[str, Any]], out_dir: str) -> List[str]:
         for (method, frames) in sorted({(r["method"], r["frames"]) for r in results}):
             pts = sorted((r[x_key], r["psnr"]) for r in results if r["method"] == method and r["frames"] == frames
                          and "cache" not in r["options"] and "quantize" not in r["options"] and r["psnr"] is not None)
-            if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{method}, {frames} frames")
+            if pts:  # every point as a marker; the line joins the method's best trade-offs (its frontier)
+                best = _front(pts, lower_x_is_better=x_key == "density")
+                line = ax.plot([p[0] for p in best], [p[1] for p in best], marker="o", label=f"{method}, {frames} frames",
+                               ls="-" if frames == min(r["frames"] for r in results) else "--")[0]
+                ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=14, color=line.get_color(), alpha=0.5)
         if x_key == "speedup":
             ax.axvline(1.0, color="0.7", lw=1)
         ax.set_xlabel(xlabel)

@@ -73,3 +73,9 @@ def test_update_keeps_earlier_points_and_replaces_remeasured_ones(tmp_path, monk
                                                          ("paro density=0.5", 24.0)]
     assert merged[0]["command"] == "python eval/frontier.py"  # an earlier run's point keeps its origin
     assert merged[1]["command"].endswith("--missing --out " + str(tmp_path))
+
+
+def test_the_plotted_line_is_each_methods_frontier():
+    pts = [(0.3, 25.0), (0.5, 30.0), (0.5, 28.0), (0.7, 29.0), (0.2, 20.0)]
+    assert frontier._front(pts, lower_x_is_better=True) == [(0.2, 20.0), (0.3, 25.0), (0.5, 30.0)]
+    assert frontier._front([(1.2, 30.0), (1.5, 25.0), (1.1, 29.0)], lower_x_is_better=False) == [(1.2, 30.0), (1.5, 25.0)]
