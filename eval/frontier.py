@@ -105,8 +105,9 @@ def calibrate(pipe, prompt: str, seed: int, frames: int, density: float):
                                     generator=torch.Generator().manual_seed(seed), output_type="np")
 
 
-def run(args, on_length=None) -> List[Dict[str, Any]]:
-    """Every point at every length; `on_length(results)` after each length (partial results survive a kill)."""
+def run(args, on_length=None, done=frozenset()) -> List[Dict[str, Any]]:
+    """Every point at every length but the (label, frames) in `done`; `on_length(results)` after each length
+    (partial results survive a kill)."""
     from diffsparse import render as R
     from diffsparse.metrics import motion_smoothness, temporal_flickering, to_uint8
     from diffsparse.reference.data import held_out_specs
@@ -117,10 +118,6 @@ def run(args, on_length=None) -> List[Dict[str, Any]]:
     pipe = R.pipeline_for(None, "cpu")
     pipe.set_progress_bar_config(disable=True)
     sweep = points(args.points.split(",") if args.points else None, not args.no_variants)
-    done = set()
-    if args.missing and os.path.exists(os.path.join(args.out, "results.json")):
-        with open(os.path.join(args.out, "results.json")) as f:
-            done = {(r["label"], r["frames"]) for r in json.load(f)}
     results = []
     for frames in args.lengths:
         todo = [(m, o) for m, o in sweep if (label(m, o), frames) not in done]
@@ -195,6 +192,7 @@ def plots(results: List[Dict[str, Any]], out_dir: str) -> List[str]:
     import matplotlib.pyplot as plt
 
     written = []
+    shortest = min((r["frames"] for r in results), default=None)
     for x_key, name, xlabel in (("density", "psnr_vs_density.png", "density (blocks computed)"),
                                 ("speedup", "psnr_vs_speedup.png", "DiT speed-up vs dense (x)")):
         fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=100)
@@ -204,7 +202,7 @@ def plots(results: List[Dict[str, Any]], out_dir: str) -> List[str]:
             if pts:  # every point as a marker; the line joins the method's best trade-offs (its frontier)
                 best = _front(pts, lower_x_is_better=x_key == "density")
                 line = ax.plot([p[0] for p in best], [p[1] for p in best], marker="o", label=f"{method}, {frames} frames",
-                               ls="-" if frames == min(r["frames"] for r in results) else "--")[0]
+                               ls="-" if frames == shortest else "--")[0]
                 ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=14, color=line.get_color(), alpha=0.5)
         if x_key == "speedup":
             ax.axvline(1.0, color="0.7", lw=1)
@@ -237,7 +235,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.time()
-    command = " ".join(argv if argv is not None else sys.argv[1:])
+    command = measured_by = " ".join(argv if argv is not None else sys.argv[1:])
 
     kept: List[Dict[str, Any]] = []
     if args.update and os.path.exists(os.path.join(args.out, "results.json")):
@@ -249,7 +247,7 @@ def main(argv=None) -> int:
 
     def write(measured: List[Dict[str, Any]]) -> str:
         for r in measured:
-            r.setdefault("command", "python eval/frontier.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+            r.setdefault("command", f"python eval/frontier.py {measured_by}".rstrip())
         new = {(r["label"], r["frames"]) for r in measured}
         order = {m: i for i, m in enumerate(dict.fromkeys(m for m, _ in POINTS))}
         results = sorted([r for r in kept if (r["label"], r["frames"]) not in new] + measured,
@@ -272,7 +270,8 @@ def main(argv=None) -> int:
             print("matplotlib is not installed (pip install -e .[eval]): no plots", file=sys.stderr)
         return text
 
-    print(write(run(args, on_length=write)))
+    done = {(r["label"], r["frames"]) for r in kept} if args.missing else frozenset()
+    print(write(run(args, on_length=write, done=done)))
     return 0
 
 

@@ -60,7 +60,7 @@ def test_update_keeps_earlier_points_and_replaces_remeasured_ones(tmp_path, monk
     (tmp_path / "results.json").write_text(json.dumps(earlier))
     measured = [row("paro", {"density": 0.5}, 97, 24.0), row("adaspa", {"row_wise": True}, 97, 26.0)]
 
-    def fake_run(args, on_length=None):
+    def fake_run(args, on_length=None, done=frozenset()):
         assert args.update and args.missing
         on_length(list(measured))
         return list(measured)
