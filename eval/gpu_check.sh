@@ -10,6 +10,9 @@
 #   3. end to end: the Wan2.1-T2V-1.3B transformer (30 layers, 12 heads x 128 = dim 1536, FFN 8960),
 #      random weights, 480p x 81 frames (latent 21x60x104 = 32760 tokens), one denoiser step:
 #      stock vs dense vs radial vs sliding_window                        (eval/bench_transformer.py)
+#   4. with what is left of the budget: a launch-configuration sweep of the three kernels (tiles,
+#      warps, stages) on the radial and the dense layout, to set the dispatcher from measurements
+#                                                                        (eval/gpu_tune.py)
 #
 # The machine's image has python3 3.12 with torch 2.11 and triton 3.6 (not our pins) and no
 # Diffusers, and reaches no registry. Before the call, here:  bash eval/gpu_wheels.sh  (Diffusers'
@@ -24,9 +27,12 @@ set -uo pipefail  # no -e: every stage runs and its status goes into the summary
 export PYTHONUNBUFFERED=1
 
 # ---- what stage 2 benchmarks: bench_attention.py's --layout values (radial | sliding_window | grat |
-# ---- band | random) and --grids (TxHxW latent grids). Edit here.
-ATTN_LAYOUTS=${ATTN_LAYOUTS:-"radial sliding_window"}
+# ---- band | random), --grids (TxHxW latent grids), and for `random` the lengths and densities
+# ---- (density 1.0 is our dense mode against SDPA-flash). Edit here.
+ATTN_LAYOUTS=${ATTN_LAYOUTS:-"radial sliding_window random"}
 ATTN_GRIDS=${ATTN_GRIDS:-"21x30x52"}
+ATTN_SEQS=${ATTN_SEQS:-"32760"}
+ATTN_DENSITIES=${ATTN_DENSITIES:-"1.0 0.5 0.25 0.1"}
 # ---- what stage 3 compares (the stock Diffusers run is always the first row)
 E2E_METHODS=${E2E_METHODS:-"dense,radial,sliding_window"}
 
@@ -39,7 +45,7 @@ elif [ $DRY = 1 ]; then RES=${TMPDIR:-/tmp}/gpu_check_dry
 else RES=eval/results/gpu
 fi
 mkdir -p "$RES"
-BUDGET=${GPU_CHECK_BUDGET:-460}
+BUDGET=${GPU_CHECK_BUDGET:-480}
 START=$(date +%s)
 CMD="bash eval/gpu_check.sh $*"
 
@@ -122,24 +128,19 @@ EOF
         run_stage kernel_check 150 kernel_check.txt "$PY" eval/gpu_kernel_check.py --json "$RES/kernel_check.json"
     fi
 
-    # ---- 2. attention benchmark (arguments that bench_attention.py has now; layouts only if it takes them)
+    # ---- 2. attention benchmark: ours vs compiled FlexAttention vs SDPA-flash, forward and fwd+bwd
     local -a attn
     if [ $DRY = 1 ]; then
-        attn=(--device cpu --dtype fp32 --heads 2 --head-dims 64 --block-size 16 --backward --warmup 0 --repeats 1 --no-flex)
+        attn=(--device cpu --dtype fp32 --heads 2 --head-dims 64 --block-size 16 --backward --warmup 0 --repeats 1
+              --no-flex --grids 3x8x16 --seqs 384)
     else
         attn=(--device cuda --dtype bf16 --heads 12 --head-dims 128 --block-size 128 --backward --warmup 1 --repeats 3)
-    fi
-    if grep -q -- '"--layout"' eval/bench_attention.py; then
         # shellcheck disable=SC2206
-        attn+=(--layout $ATTN_LAYOUTS)
-        if grep -q -- '"--grids"' eval/bench_attention.py; then
-            # shellcheck disable=SC2206
-            [ $DRY = 1 ] && attn+=(--grids 3x8x16) || attn+=(--grids $ATTN_GRIDS)
-        fi
-    else  # the older CLI: random layouts at the Wan 480p length
-        [ $DRY = 1 ] && attn+=(--seqs 384 --densities 1.0 0.5) || attn+=(--seqs 32760 --densities 1.0 0.34 0.1)
+        attn+=(--grids $ATTN_GRIDS --seqs $ATTN_SEQS)
     fi
-    run_stage bench_attention 150 bench_attention.txt "$PY" eval/bench_attention.py "${attn[@]}"
+    # shellcheck disable=SC2206
+    attn+=(--layout $ATTN_LAYOUTS --densities $ATTN_DENSITIES)
+    run_stage bench_attention 200 bench_attention.txt "$PY" eval/bench_attention.py "${attn[@]}"
 
     # ---- 3. end to end, Wan2.1-T2V-1.3B at 480p x 81 frames, random weights
     local -a e2e
@@ -151,6 +152,13 @@ EOF
              --device cuda --dtype bf16 --repeats 3)
     fi
     run_stage bench_wan1.3b 150 bench_wan.txt "$PY" eval/bench_transformer.py "${e2e[@]}" --methods "$E2E_METHODS"
+
+    # ---- 4. launch-configuration sweep (last: it only informs the next dispatcher change)
+    if [ $DRY = 1 ]; then
+        run_stage kernel_tune 120 kernel_tune.txt env TRITON_INTERPRET=1 "$PY" eval/gpu_tune.py --dry-run
+    else
+        run_stage kernel_tune 120 kernel_tune.txt "$PY" eval/gpu_tune.py
+    fi
 
     # ---- summary (printed last)
     {
@@ -167,7 +175,9 @@ EOF
         grep -E '^(radial|sliding_window|grat|band|random)' "$RES/bench_attention.txt" 2>/dev/null | tail -n 12 || true
         echo "-- Wan 1.3B, one step:"
         grep -E -A8 '^method ' "$RES/bench_wan.txt" 2>/dev/null | tail -n 9 || true
-        echo "files: $RES/{gpu_check.log,env.txt,kernel_check.txt,kernel_check.json,bench_attention.txt,bench_wan.txt,summary.txt}"
+        echo "-- kernel launch configurations:"
+        grep -E '^best ' "$RES/kernel_tune.txt" 2>/dev/null || true
+        echo "files: $RES/{gpu_check.log,env.txt,kernel_check.txt,kernel_check.json,bench_attention.txt,bench_wan.txt,kernel_tune.txt,summary.txt}"
     } | tee "$RES/summary.txt"
     local s
     for s in "${SUMMARY[@]}"; do

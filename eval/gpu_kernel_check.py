@@ -9,6 +9,8 @@ Cases (fresh random inputs each, never zeros; forward and backward outputs poiso
                   tiles), a random per-(batch, head) layout with an empty and a full query-block row
   dense-sdpa      B 1, H 12, S 32760, D 128, block 128, every block kept: ours and SDPA both against
                   float64, and ours against SDPA
+  radial-d64      B 1, H 24, S 32760, D 64, block 128, the radial layout (the head dim with its own
+                  measured Hopper launch: 128x64 tiles, 4 warps)
 
 The float64 reference runs on the same device in query-row chunks (exact masked softmax of the
 bf16 inputs upcast), so nothing of size S x S is held at once. Errors are ||x - ref|| / ||ref||
@@ -95,6 +97,7 @@ def cases(dry_run: bool) -> List[dict]:
         dict(name="wan480p-radial", B=1, H=12, grid=(21, 30, 52), D=128, block=128, layout="radial"),
         dict(name="odd-random", B=2, H=3, S=9973, D=64, block=80, layout="random", density=0.3),
         dict(name="dense-sdpa", B=1, H=12, S=32760, D=128, block=128, layout="dense"),
+        dict(name="radial-d64", B=1, H=24, grid=(21, 30, 52), D=64, block=128, layout="radial"),
     ]
 
 

@@ -33,7 +33,15 @@ def test_dispatcher_configs_are_a_pure_function_of_the_inputs():
     assert (fwd["BLOCK_M"], fwd["BLOCK_N"], fwd["D_PAD"], fwd["num_warps"], fwd["num_stages"]) == (128, 128, 128, 8, 3)
     assert fwd["QUANT"] is False and fwd["FP32_IEEE"] is False and fwd["UPCAST"] is False
     bwd = kernel_config(torch.bfloat16, 128, 128, 128, backward=True, arch_major=9, interpret=False)
-    assert (bwd["BLOCK_M"], bwd["TILES_M"], bwd["num_warps"], bwd["num_stages"]) == (64, 2, 4, 2) and "QUANT" not in bwd
+    assert (bwd["BLOCK_M"], bwd["TILES_M"], bwd["num_warps"], bwd["num_stages"]) == (128, 1, 8, 2) and "QUANT" not in bwd
+    bwd80 = kernel_config(torch.bfloat16, 128, 128, 128, backward=True, arch_major=8, interpret=False)
+    assert (bwd80["BLOCK_M"], bwd80["TILES_M"], bwd80["num_warps"], bwd80["num_stages"]) == (64, 2, 4, 2)
+    fwd64 = kernel_config(torch.float16, 64, 128, 128, arch_major=9, interpret=False)  # measured on the H200
+    assert (fwd64["BLOCK_M"], fwd64["BLOCK_N"], fwd64["TILES_N"], fwd64["num_warps"], fwd64["num_stages"]) == (128, 64, 2, 4, 3)
+    small = kernel_config(torch.bfloat16, 128, 64, 64, backward=True, arch_major=9, interpret=False)  # not measured
+    assert (small["BLOCK_M"], small["num_warps"]) == (64, 4)
+    q8 = kernel_config(torch.bfloat16, 64, 128, 128, quant=True, arch_major=9, interpret=False)  # INT8: generic
+    assert (q8["BLOCK_N"], q8["num_warps"]) == (128, 8)
     odd = kernel_config(torch.float16, 64, 48, 16, arch_major=8, interpret=False)  # padded 64-row tiles, 16-key tiles
     assert (odd["BLOCK_M"], odd["BLOCK_N"], odd["TILES_M"], odd["num_warps"]) == (64, 16, 1, 4)
     fp32 = kernel_config(torch.float32, 64, 128, 128, arch_major=8, interpret=False)

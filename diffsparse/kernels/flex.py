@@ -16,21 +16,23 @@ def to_flex_block_mask(index: BlockIndex, B: int, H: int, sq: int, sk: int):
     from torch.nn.attention.flex_attention import BlockMask
 
     nq, nk = num_blocks(sq, index.block_q), num_blocks(sk, index.block_k)
-    counts = index.counts.expand(B, H, nq).contiguous()
-    indices = torch.zeros(B, H, nq, nk, dtype=torch.int32, device=counts.device)
-    width = index.indices.shape[-1]
-    indices[..., :width] = index.indices.expand(B, H, nq, width)
-
-    dense = index.mask.expand(B, H, nq, nk)
+    kept = index.mask.expand(B, H, nq, nk)
     bq, bk = index.block_q, index.block_k
+    # Kept blocks inside the key sequence are "full": flex skips the mask_mod there (its fast path,
+    # what a user of FlexAttention would hand it). Only a kept partial tail key block is "partial".
+    whole = torch.arange(nk, device=kept.device) < sk // bk
+    full, partial = kept & whole, kept & ~whole
 
-    # The block lists make compiled flex skip dropped blocks; the mask_mod must still state the
-    # full mask, since eager flex and partial tail blocks evaluate it token by token.
+    def lists(m):  # (counts, ids of the kept blocks first) in FlexAttention's int32 layout
+        order = torch.argsort((~m).to(torch.int8), dim=-1, stable=True)
+        return m.sum(-1, dtype=torch.int32), order.to(torch.int32).contiguous()
+
+    # The mask_mod states the full mask: eager flex and partial blocks evaluate it token by token.
     def in_layout(b, h, q_idx, kv_idx):
-        return dense[b, h, q_idx // bq, kv_idx // bk] & (kv_idx < sk)
+        return kept[b, h, q_idx // bq, kv_idx // bk] & (kv_idx < sk)
 
     return BlockMask.from_kv_blocks(
-        counts, indices, BLOCK_SIZE=(index.block_q, index.block_k), mask_mod=in_layout, seq_lengths=(sq, sk)
+        *lists(partial), *lists(full), BLOCK_SIZE=(bq, bk), mask_mod=in_layout, seq_lengths=(sq, sk)
     )
 
 
