@@ -144,8 +144,9 @@ class SparseHandle:
         return self._plans[key]
 
     def flex_fn(self) -> Any:
-        """The compiled FlexAttention this handle runs with `backend="flex"` (made once), else None."""
-        if self.settings.backend != "flex":
+        """The compiled FlexAttention this handle runs with `backend="flex"`, and with "auto" where it pays
+        (large CPU inference calls, `kernels.api.cpu_flex_pays`): made once, held here; else None."""
+        if self.settings.backend not in ("flex", "auto"):
             return None
         if self._flex is None:
             from .kernels.flex import compiled_flex_attention

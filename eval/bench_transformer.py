@@ -103,6 +103,7 @@ def main(argv=None) -> int:
     p.add_argument("--block-size", type=int, default=128)
     p.add_argument("--methods", default="dense,radial,sliding_window,grat")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--backend", default="auto", help="our kernel path for every method (auto, torch, flex, triton)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--ulysses", type=int, default=1, help="context-parallel degree (launch with torchrun)")
@@ -124,7 +125,8 @@ def main(argv=None) -> int:
         timers[name] = AttentionTimer(models[name], args.device)
         if name != "stock":
             handles[name] = diffsparse.enable_sparse_attention(
-                models[name], method=name, dense_steps=0, dense_layers=0, block_size=args.block_size)
+                models[name], method=name, dense_steps=0, dense_layers=0, block_size=args.block_size,
+                backend=args.backend)
     del base
     x = torch.randn(1, 16, args.frames, args.height, args.width, device=args.device, dtype=dtype)
     ehs = torch.randn(1, 16, 64, device=args.device, dtype=dtype)
@@ -138,7 +140,7 @@ def main(argv=None) -> int:
 
     say(f"# {' '.join(sys.argv)}")
     say(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; device: {device_name(args.device)}; "
-        f"torch {torch.__version__}; {args.dtype}; ulysses {args.ulysses}")
+        f"torch {torch.__version__}; {args.dtype}; ulysses {args.ulysses}; backend {args.backend}")
     say(f"# Wan transformer: {args.layers} layers, {args.heads} heads x {args.head_dim}, ffn {args.ffn}; "
         f"grid {grid} = {grid[0] * grid[1] * grid[2]} tokens; block {args.block_size}")
 

@@ -49,6 +49,29 @@ def _validate(q, k, v, index: BlockIndex) -> None:
         )
 
 
+# backend="auto" on CPU hands a call to compiled FlexAttention (Inductor's CPU template) when it pays:
+# on layout blocks of >= 128 at S >= 16384 it ran 1.11-1.28x faster than our CPU path, whose PyTorch
+# flash kernel is slow on 128-row query blocks (eval/results/bench_attention_cpu.txt; end to end
+# eval/results/bench_transformer_cpu.txt) at densities 0.10-0.74; at blocks of 64 Flex was 7-9 % faster
+# (eval/results/bench_attention_cpu_block64.txt), which its compile (seconds, once per shape) eats up,
+# and with every block kept our path (one in-place flash call per row) was faster (1.02x vs 0.91x of
+# stock end to end). Flex on CPU is inference only and has no LSE.
+CPU_FLEX_MIN_BLOCK = 128
+CPU_FLEX_MIN_SCORES = 16384 * 16384
+CPU_FLEX_MAX_DENSITY = 0.75
+
+
+def cpu_flex_pays(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: BlockIndex, return_lse: bool, quantize,
+                  flex_fn) -> bool:
+    """Whether `backend="auto"` runs this CPU call on the held compiled FlexAttention `flex_fn`."""
+    if flex_fn is None or getattr(flex_fn, "error", None) is not None or return_lse or quantize is not None:
+        return False
+    if (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))) or torch.compiler.is_compiling():
+        return False
+    return (min(index.block_q, index.block_k) >= CPU_FLEX_MIN_BLOCK
+            and q.shape[2] * k.shape[2] >= CPU_FLEX_MIN_SCORES and index.density <= CPU_FLEX_MAX_DENSITY)
+
+
 def block_sparse_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -75,8 +98,9 @@ def block_sparse_attention(
         backend: "auto" | "triton" | "flex" | "torch" | "reference".
         quantize: None or "int8": INT8 QK^T (SageAttention-style smoothing), inference only;
             on the "triton" backend a real int8 kernel, on the others the same numbers emulated.
-        flex_fn: with backend "flex", a held `kernels.flex.compiled_flex_attention()` (else one is
-            made for the call; FlexAttention always runs compiled).
+        flex_fn: a held `kernels.flex.compiled_flex_attention()`: with backend "flex" the one it runs
+            (else one is made for the call; FlexAttention always runs compiled); with "auto" on CPU,
+            given, it runs the large inference calls where it is faster (`cpu_flex_pays`).
 
     Differentiable on the "triton" and "torch" backends (custom ops with explicit backward
     kernels); `torch.compile(fullgraph=True)` traces through a call with a prebuilt `BlockIndex`.
@@ -101,11 +125,14 @@ def block_sparse_attention(
         return (out, lse) if return_lse else out
 
     auto_cuda = backend == "auto" and q.is_cuda
+    auto_cpu_flex = False
     if backend == "auto":
         if q.is_cuda:
             backend = "triton" if _triton_available() else "flex"
         elif os.environ.get("TRITON_INTERPRET") == "1" and os.environ.get("DIFFSPARSE_CPU_TRITON") == "1":
             backend = "triton"
+        elif cpu_flex_pays(q, k, v, index, return_lse, quantize, flex_fn):
+            backend, auto_cpu_flex = "flex", True
         else:
             backend = "torch"
     if quantize is not None and backend in ("flex", "reference"):  # no int8 path: emulate its numbers
@@ -131,7 +158,15 @@ def block_sparse_attention(
     if backend == "flex":
         from .flex import flex_block_sparse_attention
 
-        return flex_block_sparse_attention(q, k, v, index, scale=scale, return_lse=return_lse, compiled_fn=flex_fn)
+        if not auto_cpu_flex:
+            return flex_block_sparse_attention(q, k, v, index, scale=scale, return_lse=return_lse, compiled_fn=flex_fn)
+        try:
+            return flex_block_sparse_attention(q, k, v, index, scale=scale, compiled_fn=flex_fn)
+        except Exception as e:  # Inductor could not build it here (no C++ compiler, ...): our path, from now on
+            flex_fn.error = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            warnings.warn(f"diffsparse: compiled FlexAttention failed on this CPU ({flex_fn.error}); using our CPU "
+                          "path (backend='torch') for this handle from now on")
+            backend = "torch"
     if backend == "reference":
         return reference_attention(
             q, k, v, index.mask, (index.block_q, index.block_k), scale=scale, return_lse=return_lse,

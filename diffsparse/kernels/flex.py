@@ -36,14 +36,27 @@ def to_flex_block_mask(index: BlockIndex, B: int, H: int, sq: int, sk: int):
     )
 
 
-def compiled_flex_attention():
-    """A `torch.compile`d flex_attention (eager flex materialises the full score matrix: 16 s where
-    dense SDPA takes 1.8 s on CPU at S 16384). The wrapper is cheap to make (~2 ms): compiled code
-    lives in torch's own cache, keyed by shapes, so a new wrapper reuses it; hold one (the handle
-    does) to skip even that."""
-    from torch.nn.attention.flex_attention import flex_attention
+class CompiledFlex:
+    """A `torch.compile`d flex_attention, held by its owner (the handle) with what it learnt: `error`
+    is set when compiling or running it failed on this machine (e.g. Inductor's CPU backend finds no
+    C++ compiler), so `backend="auto"` stops trying it and stays on our own path."""
 
-    return torch.compile(flex_attention, dynamic=False)
+    def __init__(self):
+        from torch.nn.attention.flex_attention import flex_attention
+
+        self.fn = torch.compile(flex_attention, dynamic=False)
+        self.error: str | None = None
+
+    def __call__(self, *args, **kwargs):
+        return self.fn(*args, **kwargs)
+
+
+def compiled_flex_attention() -> CompiledFlex:
+    """A compiled flex_attention (eager flex materialises the full score matrix: 16 s where dense
+    SDPA takes 1.8 s on CPU at S 16384). The wrapper is cheap to make (~2 ms): compiled code lives in
+    torch's own cache, keyed by shapes, so a new wrapper reuses it; hold one (the handle does) to skip
+    even that."""
+    return CompiledFlex()
 
 
 def flex_block_sparse_attention(q, k, v, index: BlockIndex, scale=None, return_lse=False, compiled_fn=None):
