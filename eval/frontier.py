@@ -50,6 +50,10 @@ POINTS: List[Tuple[str, Dict[str, Any]]] = [
     ("grat", {"group_size": (4, 8, 8)}),
     ("adaspa", {}),
     ("adaspa", {"row_wise": True, "search_steps": (0.25,)}),
+    # LSE-cached searches with each query block's masses renormalized (ours): more searches now help
+    ("adaspa", {"renormalize": True}),
+    ("adaspa", {"renormalize": True, "search_steps": (0.2, 0.4, 0.6, 0.8)}),
+    ("adaspa", {"renormalize": True, "search_steps": (0.2, 0.4, 0.6, 0.8), "sparsity": 0.7}),
     # the paper's search rule with its own warm-up (no dense layer, a fifth of the steps): the preset before
     # the frontier, and the knobs swept from it
     ("adaspa", dict(PAPER_WARMUP)),

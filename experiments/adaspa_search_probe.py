@@ -24,6 +24,7 @@ from diffsparse.reference.data import held_out_specs
 p = argparse.ArgumentParser()
 p.add_argument("--prompts", type=int, default=1)
 p.add_argument("--threads", type=int, default=1)
+p.add_argument("--only", nargs="+", default=None, help="run only the points whose names contain one of these")
 args = p.parse_args()
 torch.set_num_threads(args.threads)
 
@@ -46,7 +47,11 @@ POINTS = [
     ("1 search, row-wise", dict(search_steps=(0.2,), row_wise=True), False),
     ("2 searches, row-wise", dict(row_wise=True), False),
     ("4 searches, row-wise", dict(search_steps=(0.2, 0.4, 0.6, 0.8), row_wise=True), False),
+    ("2 searches, global, renormalized", dict(renormalize=True), False),
+    ("4 searches, global, renormalized", dict(search_steps=(0.2, 0.4, 0.6, 0.8), renormalize=True), False),
 ]
+if args.only:
+    POINTS = [pt for pt in POINTS if any(s in pt[0] for s in args.only)]
 
 specs = held_out_specs()
 prompts = [specs[i * max(1, len(specs) // 2)].caption for i in range(args.prompts)]

@@ -170,6 +170,28 @@ def test_search_picks_top_mass_blocks_then_reuses_and_lse_cached_search():
     assert torch.equal(later.mask, brute_top(mass2, torch.full((2,), 0.25)))
 
 
+def test_renormalize_cancels_the_stale_lse_of_a_later_search():
+    # Blocks of one query row each: a drifted row's masses are off by exactly one factor, so the
+    # renormalized LSE-cached search selects what a search with the fresh LSE would; without it the
+    # global ranking follows the stale scale (the paper's rule, kept as the default).
+    grid, bq = Grid(2, 4, 4), 1
+    q, k, v = planted_qkv(grid, heads=2, seed=3)
+    spans = TokenSpans(grid, 0, False)
+    kh = k.transpose(1, 2).double()
+    q2 = q * torch.linspace(0.3, 2.0, q.shape[1])[None, :, None, None]  # rows drift by different amounts
+    s2 = torch.matmul(q2.transpose(1, 2).double(), kh.transpose(-1, -2)) / 4.0
+    fresh = brute_block_mass(torch.softmax(s2, -1), grid.numel, bq, bq)
+    want = brute_top(fresh, torch.full((2,), 0.25))
+    picks = {}
+    for renorm in (False, True):
+        method = get_method("adaspa")("wan", sparsity=0.75, head_adaptive=False, search_steps=(2, 5), renormalize=renorm)
+        cache = {}
+        method.dynamic_layout(context(q, k, v, spans, bq, cache, step=2))
+        picks[renorm] = method.dynamic_layout(context(q2, k, v, spans, bq, cache, step=5, forward_id=2)).mask
+    assert torch.equal(picks[True], want)
+    assert not torch.equal(picks[False], want)
+
+
 def test_search_steps_are_fractions_of_the_pipeline():
     m = get_method("adaspa")("wan")
     assert m.search_step_set(50) == {10, 30}

@@ -6,6 +6,10 @@ blocks of largest mass until the head's target sparsity:
 - first search: one full attention pass that also returns each row's log-sum-exp (its output is
   this call's output), then one pass of block sums exp(q.k - LSE);
 - later searches: the LSE cached at the first search is reused, so one pass (LSE-cached search);
+  `renormalize=True` (ours, not the paper's) rescales each query block's masses to sum to one at
+  those searches: a row whose LSE drifted since the cached one has all its masses off by one factor,
+  which skews the global ranking across rows (row-wise ranking is immune), and the rescaling cancels
+  it (exactly when the block's tokens drifted alike);
 - between searches the pattern is reused; a sparse step with no pattern yet searches.
 Global selection keeps round((1 - s) * nq * nk) blocks per head, always including each query
 row's best block; `row_wise` keeps the same number round((1 - s) * nk) in every query row.
@@ -54,7 +58,7 @@ def search_steps(name, value):
 # HunyuanVideo): on the reference model it is worth +2.2 dB at the same density (eval/results/frontier/).
 _PRESET = {
     "sparsity": 0.8, "search_steps": (0.2, 0.6), "head_adaptive": True, "row_wise": False, "recall_threshold": 0.8,
-    "block_size": 64, "dense_steps": 0.25, "dense_layers": 1,
+    "renormalize": False, "block_size": 64, "dense_steps": 0.25, "dense_layers": 1,
 }
 
 
@@ -62,7 +66,7 @@ class AdaSpa(DynamicMethod, SparseMethod):
     name = "adaspa"
     options = {
         "sparsity": fraction, "search_steps": search_steps, "head_adaptive": boolean, "row_wise": boolean,
-        "recall_threshold": fraction,
+        "recall_threshold": fraction, "renormalize": boolean,
     }
     presets = {"wan": dict(_PRESET), "hunyuan": dict(_PRESET, dense_layers=0), "flux": dict(_PRESET)}
 
@@ -95,6 +99,8 @@ class AdaSpa(DynamicMethod, SparseMethod):
             lse = c["lse"] = lse.detach()
         with torch.no_grad():
             mass = block_mass(q[:, :, :nv], k[:, :, :nv], lse[:, :, :nv], ctx.block_q, ctx.block_k)[0].cpu()
+        if output is None and self.renormalize:  # LSE-cached search: cancel each row's stale scale
+            mass = mass / mass.sum(-1, keepdim=True).clamp_min(torch.finfo(mass.dtype).tiny)
         if self.head_adaptive:
             # Ranked over all of the layer's heads: under Ulysses the recalls of every rank are gathered.
             rec = ctx.gather_heads(recall(mass, select_blocks(mass, 1.0 - self.sparsity, self.row_wise)))
