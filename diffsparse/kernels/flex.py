@@ -42,13 +42,15 @@ class CompiledFlex:
     C++ compiler), so `backend="auto"` stops trying it and stays on our own path."""
 
     def __init__(self):
-        from torch.nn.attention.flex_attention import flex_attention
-
-        self.fn = torch.compile(flex_attention, dynamic=False)
+        self._fn = None  # compiled at the first call: a handle that never runs Flex never imports the compiler
         self.error: str | None = None
 
     def __call__(self, *args, **kwargs):
-        return self.fn(*args, **kwargs)
+        if self._fn is None:
+            from torch.nn.attention.flex_attention import flex_attention
+
+            self._fn = torch.compile(flex_attention, dynamic=False)
+        return self._fn(*args, **kwargs)
 
 
 def compiled_flex_attention() -> CompiledFlex:
