@@ -29,7 +29,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor, _get_qkv_projections
 
-from diffsparse.flashblock import BlockExternalCache, attention_with_lse
+from diffsparse.block_diffusion import BlockExternalCache, attention_with_lse
 from diffsparse.pipelines.wan import _rope
 from diffsparse.render import psnr
 

@@ -15,7 +15,7 @@ from .api import (
     token_grid,
 )
 from .calibration import calibrate
-from .flashblock import block_attention
+from .block_diffusion import block_attention
 from .geometry import Grid
 from .preview import BlockLayout, block_layout
 from .handle import SparseHandle

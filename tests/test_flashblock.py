@@ -6,7 +6,9 @@ import pytest
 import torch
 
 import diffsparse
-from diffsparse.flashblock import BlockExternalCache, FlashBlockCache, attention_with_lse, block_attention, merge_attention
+from diffsparse.block_diffusion import BlockExternalCache, attention_with_lse, block_attention
+from diffsparse.flashblock import FlashBlockCache
+from diffsparse.kernels.merge import merge_attention
 from diffsparse.geometry import Grid, TokenSpans
 from diffsparse.handle import run_plan
 from diffsparse.methods import get_method
