@@ -21,7 +21,7 @@ head allowed), an optional token order (per head allowed), or an output it alrea
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Dict, Hashable, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Hashable, List, Optional, Tuple
 
 import torch
 
@@ -29,6 +29,9 @@ from .geometry import Grid, TokenSpans
 from .kernels import block_sparse_attention
 from .kernels.index import num_blocks
 from .plan import Plan, build_plan
+
+if TYPE_CHECKING:  # Ulysses' head shard lives with the rest of context parallelism
+    from .parallel import HeadShard
 
 
 @dataclass
@@ -54,30 +57,6 @@ class DynamicLayout:
     full: bool = False
     quantize: Optional[str] = None
     info: Optional[Dict[str, Any]] = None
-
-
-@dataclass(frozen=True)
-class HeadShard:
-    """The heads one Ulysses rank attends: `[start, start + local)` of `total`, and its process group."""
-
-    start: int
-    total: int
-    group: Any = None
-
-    def gather(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-head values `(H_local, ...)` of every rank -> `(H_total, ...)` in head order."""
-        import torch.distributed as dist
-
-        y = x.contiguous()
-        if dist.get_backend(self.group) == "nccl":  # NCCL moves CUDA tensors only
-            y = y.to(f"cuda:{torch.cuda.current_device()}")
-        parts = [torch.empty_like(y) for _ in range(self.total // x.shape[0])]
-        dist.all_gather(parts, y, group=self.group)
-        return torch.cat(parts).to(x.device)
-
-    def local(self, x: torch.Tensor, local: int) -> torch.Tensor:
-        """This rank's rows of a per-head tensor `(H_total, ...)`; broadcast `(1, ...)` stays."""
-        return x if x.shape[0] == 1 else x[self.start : self.start + local]
 
 
 @dataclass

@@ -200,7 +200,7 @@ class SparseHandle:
         shard: Any = None,
     ) -> torch.Tensor:
         """Sparse attention over a whole sequence (`chunks` > 1: gathered Ulysses layout, `shard`:
-        the `dynamic.HeadShard` of the heads this rank holds)."""
+        the `parallel.HeadShard` of the heads this rank holds)."""
         groups, reason = self._geometry(q, text_len, text_first, key_mask, chunks)
         if reason is not None:
             self._fallback(reason)

@@ -14,11 +14,34 @@ would need global block offsets in the kernel and is refused with a clear error.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import torch
 
-from .dynamic import HeadShard
+
+@dataclass(frozen=True)
+class HeadShard:
+    """The heads one Ulysses rank attends: `[start, start + local)` of `total`, and its process group."""
+
+    start: int
+    total: int
+    group: Any = None
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-head values `(H_local, ...)` of every rank -> `(H_total, ...)` in head order."""
+        import torch.distributed as dist
+
+        y = x.contiguous()
+        if dist.get_backend(self.group) == "nccl":  # NCCL moves CUDA tensors only
+            y = y.to(f"cuda:{torch.cuda.current_device()}")
+        parts = [torch.empty_like(y) for _ in range(self.total // x.shape[0])]
+        dist.all_gather(parts, y, group=self.group)
+        return torch.cat(parts).to(x.device)
+
+    def local(self, x: torch.Tensor, local: int) -> torch.Tensor:
+        """This rank's rows of a per-head tensor `(H_total, ...)`; broadcast `(1, ...)` stays."""
+        return x if x.shape[0] == 1 else x[self.start : self.start + local]
 
 
 def _ulysses(config: Any):
