@@ -365,21 +365,13 @@ def _show_mask(args: argparse.Namespace) -> int:
 # ---- bench ----
 
 def _bench(args: argparse.Namespace) -> int:
-    """Run the benchmark scripts of a source checkout (they live in eval/, next to the package)."""
-    import importlib.util
-    from pathlib import Path
+    """Run the packaged benchmarks (`diffsparse.bench`; `eval/bench_*.py` in a checkout are the same)."""
+    import importlib
 
-    eval_dir = Path(__file__).resolve().parent.parent / "eval"
-    scripts = {"attention": "bench_attention.py", "transformer": "bench_transformer.py"}
-    chosen = list(scripts) if args.which == "all" else [args.which]
+    chosen = ["attention", "transformer"] if args.which == "all" else [args.which]
     for name in chosen:
-        path = eval_dir / scripts[name]
-        if not path.exists():
-            raise UsageError(f"{path} not found; `diffsparse bench` needs a source checkout of diffsparse")
-        spec = importlib.util.spec_from_file_location(f"diffsparse_bench_{name}", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        print(f"== {scripts[name]} {' '.join(args.extra)}".rstrip())
+        module = importlib.import_module(f"diffsparse.bench.{name}")
+        print(f"== diffsparse bench {name} {' '.join(args.extra)}".rstrip())
         rc = module.main(args.extra)
         if rc:
             return rc

@@ -13,7 +13,7 @@ import torch
 sys.path.insert(0, "eval")
 sys.path.insert(0, "experiments")
 import _old_torch_sparse as old  # noqa: E402
-from bench_attention import band_layout  # noqa: E402
+from diffsparse.bench.attention import band_layout  # noqa: E402
 
 import diffsparse  # noqa: E402
 from diffsparse.kernels import build_block_index  # noqa: E402
