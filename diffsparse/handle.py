@@ -21,6 +21,7 @@ from .geometry import Grid, TokenSpans
 from .hooks import StepState
 from .kernels import block_sparse_attention
 from .methods.base import SparseMethod
+from .pipelines import adapter_for_family
 from .plan import Plan, build_plan
 
 logger = logging.getLogger("diffsparse")
@@ -71,7 +72,7 @@ class SparseHandle:
     originals: List[Tuple[torch.nn.Module, Any]] = field(default_factory=list)
     num_layers: int = 0
     active: bool = True
-    adapter: Any = None  # the model family's adapter class (pipelines/), set by the API
+    adapter: Any = None  # the model family's adapter class (pipelines/); from `family` when not given
     _layouts: Dict[Tuple, Tuple[Optional[torch.Tensor], torch.Tensor]] = field(default_factory=dict, repr=False)
     _plans: Dict[Tuple, Plan] = field(default_factory=dict, repr=False)
     _layer_stats: Dict[int, LayerStats] = field(default_factory=dict, repr=False)
@@ -83,6 +84,8 @@ class SparseHandle:
     _flex: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        if self.adapter is None:
+            self.adapter = adapter_for_family(self.family)
         if self.settings.cache == "flashblock":
             self._flashblock = FlashBlockCache(self.settings.cache_interval, self.settings.cache_threshold)
 
@@ -163,7 +166,6 @@ class SparseHandle:
         v: torch.Tensor,
         *,
         text_len: int,
-        text_first: bool,
         key_mask: Optional[torch.Tensor],
         dense: Callable[[], torch.Tensor],
         parallel_config: Any = None,
@@ -182,8 +184,8 @@ class SparseHandle:
         if parallel_config is not None:
             from .parallel import context_parallel_attention
 
-            return context_parallel_attention(self, layer, q, k, v, text_first, key_mask, parallel_config, dense)
-        return self.sparse(layer, q, k, v, text_len=text_len, text_first=text_first, key_mask=key_mask, dense=dense)
+            return context_parallel_attention(self, layer, q, k, v, key_mask, parallel_config, dense)
+        return self.sparse(layer, q, k, v, text_len=text_len, key_mask=key_mask, dense=dense)
 
     def sparse(
         self,
@@ -193,7 +195,6 @@ class SparseHandle:
         v: torch.Tensor,
         *,
         text_len: int,
-        text_first: bool,
         key_mask: Optional[torch.Tensor],
         dense: Callable[[], torch.Tensor],
         chunks: int = 1,
@@ -201,7 +202,7 @@ class SparseHandle:
     ) -> torch.Tensor:
         """Sparse attention over a whole sequence (`chunks` > 1: gathered Ulysses layout, `shard`:
         the `parallel.HeadShard` of the heads this rank holds)."""
-        groups, reason = self._geometry(q, text_len, text_first, key_mask, chunks)
+        groups, reason = self._geometry(q, text_len, key_mask, chunks)
         if reason is not None:
             self._fallback(reason)
             self._record(layer, dense=True)
@@ -250,7 +251,7 @@ class SparseHandle:
         )
 
     @torch.compiler.disable
-    def _geometry(self, q, text_len, text_first, key_mask, chunks=1):
+    def _geometry(self, q, text_len, key_mask, chunks=1):
         """Split the batch by usable text keys. Returns ([(rows, spans, key_text)], fallback reason)."""
         grid = self.state.grid
         if grid is None:
@@ -258,7 +259,7 @@ class SparseHandle:
         if q.shape[1] != grid.numel + text_len:
             return [], f"sequence of {q.shape[1]} tokens does not match grid {grid.dims} + {text_len} text tokens"
         try:
-            spans = TokenSpans(grid, text_len, text_first, chunks)
+            spans = TokenSpans(grid, text_len, self.adapter.text_first, chunks)  # where the family puts text
         except ValueError as err:
             return [], str(err)
         if key_mask is None:

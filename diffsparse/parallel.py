@@ -58,7 +58,7 @@ def _ulysses(config: Any):
     return cp
 
 
-def context_parallel_attention(handle, layer: int, q, k, v, text_first: bool, key_mask, config: Any, dense: Callable):
+def context_parallel_attention(handle, layer: int, q, k, v, key_mask, config: Any, dense: Callable):
     """Rank-local q/k/v `(B, S/N, H, D)` -> rank-local output, sparse over the gathered sequence."""
     from diffusers.models.attention_dispatch import _templated_context_parallel_attention
 
@@ -89,7 +89,7 @@ def context_parallel_attention(handle, layer: int, q, k, v, text_first: bool, ke
         local_heads = query.shape[2]
         shard = HeadShard(cp._ulysses_local_rank * local_heads, local_heads * world, cp._ulysses_mesh.get_group())
         return handle.sparse(
-            layer, query, key, value, text_len=local_text * world, text_first=text_first, key_mask=attn_mask,
+            layer, query, key, value, text_len=local_text * world, key_mask=attn_mask,
             dense=gathered_dense, chunks=world, shard=shard,
         )
 

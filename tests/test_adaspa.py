@@ -245,7 +245,7 @@ def test_checkpoint_recompute_does_not_search_twice():
     q, k, v = planted_qkv(grid, heads=2)
     st = handle.state
     st.grid, st.step, st.forward_id = grid, 0, 1
-    kw = dict(text_len=0, text_first=False, key_mask=None, dense=lambda: None)
+    kw = dict(text_len=0, key_mask=None, dense=lambda: None)
     a = handle.attend(0, q, k, v, **kw)
     b = handle.attend(0, q, k, v, **kw)  # recompute of the same forward
     assert torch.equal(a, b) and handle.stats()["layers"][0]["searches"] == 1

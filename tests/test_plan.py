@@ -62,9 +62,9 @@ def test_attend_splits_batch_by_text_padding():
     mask[0, ..., -2:] = False
     mask[2, ..., -4:] = False
     dense = lambda: (_ for _ in ()).throw(AssertionError("should not fall back"))  # noqa: E731
-    out = handle.attend(1, q, k, v, text_len=5, text_first=False, key_mask=mask, dense=dense)
+    out = handle.attend(1, q, k, v, text_len=5, key_mask=mask, dense=dense)
     for b in range(3):
-        single = handle.attend(1, q[b : b + 1], k[b : b + 1], v[b : b + 1], text_len=5, text_first=False, key_mask=mask[b : b + 1], dense=dense)
+        single = handle.attend(1, q[b : b + 1], k[b : b + 1], v[b : b + 1], text_len=5, key_mask=mask[b : b + 1], dense=dense)
         assert torch.allclose(out[b : b + 1], single, atol=1e-6)
 
 
@@ -72,7 +72,7 @@ def test_attend_falls_back_dense_with_reason_on_unknown_geometry():
     handle = make_handle("radial")
     handle.state.grid, handle.state.step = Grid(2, 2, 2), 0
     q = torch.randn(1, 9, 2, 4)
-    out = handle.attend(0, q, q, q, text_len=0, text_first=False, key_mask=None, dense=lambda: "dense-result")
+    out = handle.attend(0, q, q, q, text_len=0, key_mask=None, dense=lambda: "dense-result")
     assert out == "dense-result"
     assert any("does not match grid" in r for r in handle.stats()["fallbacks"])
     assert handle.stats()["layers"][0]["dense_calls"] == 1

@@ -72,7 +72,7 @@ class FluxSparseProcessor(FluxAttnProcessor):
 
         n_txt = encoder_hidden_states.shape[1] if encoder_hidden_states is not None else self.handle.state.text_len
         out = self.handle.attend(
-            self.layer, query, key, value, text_len=n_txt, text_first=FluxAdapter.text_first, key_mask=attention_mask, dense=dense,
+            self.layer, query, key, value, text_len=n_txt, key_mask=attention_mask, dense=dense,
             parallel_config=self._parallel_config,
         )
         out = out.flatten(2, 3).to(query.dtype)

@@ -106,7 +106,7 @@ class HunyuanVideoSparseProcessor(HunyuanVideoAttnProcessor2_0):
 
         n_txt = 0 if encoder_hidden_states is None else encoder_hidden_states.shape[1]
         out = self.handle.attend(
-            self.layer, query, key, value, text_len=n_txt, text_first=HunyuanVideoAdapter.text_first, key_mask=attention_mask, dense=dense,
+            self.layer, query, key, value, text_len=n_txt, key_mask=attention_mask, dense=dense,
             parallel_config=self._parallel_config,
         )
         out = out.flatten(2, 3).to(query.dtype)

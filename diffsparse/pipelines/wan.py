@@ -48,7 +48,7 @@ class WanSparseProcessor(WanAttnProcessor):
             )
 
         out = self.handle.attend(
-            self.layer, query, key, value, text_len=0, text_first=WanAdapter.text_first, key_mask=attention_mask, dense=dense,
+            self.layer, query, key, value, text_len=0, key_mask=attention_mask, dense=dense,
             parallel_config=self._parallel_config,
         )
         out = out.flatten(2, 3).type_as(query)
