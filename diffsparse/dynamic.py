@@ -28,7 +28,7 @@ import torch
 from .geometry import Grid, TokenSpans
 from .kernels import block_sparse_attention
 from .kernels.index import num_blocks
-from .plan import Plan, build_plan
+from .plan import Plan, PlanCache, PlanKey, build_plan
 
 if TYPE_CHECKING:  # Ulysses' head shard lives with the rest of context parallelism
     from .parallel import HeadShard
@@ -173,8 +173,8 @@ class DynamicEngine:
         self.method = method
         self._caches: Dict[Tuple, Dict[str, Any]] = {}
         self._call_plans: Dict[Tuple, Tuple[Hashable, Plan]] = {}
-        self._persistent_plans: Dict[Tuple, Plan] = {}
-        self._base_plans: Dict[Tuple, Plan] = {}
+        self._persistent_plans = PlanCache()  # plans of layouts that outlive a pipeline call (PARO's files)
+        self._base_plans = PlanCache()
         self.layer_info: Dict[int, Dict[str, Any]] = {}
         self.searches: Dict[int, int] = {}
         self.layouts: Dict[int, torch.Tensor] = {}  # latest video block mask per layer (for pictures)
@@ -185,12 +185,11 @@ class DynamicEngine:
         self._call_plans.clear()
 
     def base_plan(self, spans: TokenSpans, key_text: Optional[torch.Tensor], bq: int, bk: int, device) -> Plan:
-        kt = None if key_text is None else tuple(key_text.tolist())
-        key = (spans, kt, bq, bk, str(device))
-        if key not in self._base_plans:
+        def build() -> Plan:
             full = torch.ones(1, num_blocks(spans.video_len, bq), num_blocks(spans.video_len, bk), dtype=torch.bool)
-            self._base_plans[key] = build_plan(None, full, spans, key_text, bq, bk).to(device)
-        return self._base_plans[key]
+            return build_plan(None, full, spans, key_text, bq, bk)
+
+        return self._base_plans.get(PlanKey.of("base", spans, key_text, bq, bk, device), build)
 
     @torch.compiler.disable  # Python-side decisions (and searches): keep them out of compiled graphs
     def decide(
@@ -240,10 +239,8 @@ class DynamicEngine:
 
     def _plan(self, entry_key, layout: DynamicLayout, spans, key_text, bq, bk, device) -> Plan:
         if layout.persistent:
-            key = (layout.key,) + entry_key[2:]
-            if key not in self._persistent_plans:
-                self._persistent_plans[key] = build_plan(layout.order, layout.mask, spans, key_text, bq, bk).to(device)
-            return self._persistent_plans[key]
+            return self._persistent_plans.get(PlanKey.of(layout.key, spans, key_text, bq, bk, device),
+                                              lambda: build_plan(layout.order, layout.mask, spans, key_text, bq, bk))
         held = self._call_plans.get(entry_key)
         if held is None or held[0] != layout.key:
             held = (layout.key, build_plan(layout.order, layout.mask, spans, key_text, bq, bk).to(device))

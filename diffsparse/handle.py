@@ -9,12 +9,12 @@ call's geometry and runs it. Dynamic methods (AdaSpa, PARO) get their plan from 
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
+from .call_stats import CallStats
 from .dynamic import CallSlots, DynamicEngine, DynamicMethod
 from .flashblock import FlashBlockCache
 from .geometry import Grid, TokenSpans
@@ -22,28 +22,7 @@ from .hooks import StepState
 from .kernels import block_sparse_attention
 from .methods.base import SparseMethod
 from .pipelines import adapter_for_family
-from .plan import Plan, build_plan
-
-logger = logging.getLogger("diffsparse")
-
-
-@dataclass
-class LayerStats:
-    sparse_calls: int = 0
-    dense_calls: int = 0
-    kept_blocks: int = 0  # summed over batch x heads
-    total_blocks: int = 0
-    last_forward: int = -1
-    head_kept: Optional[torch.Tensor] = None  # (H,) kept blocks per head, summed over calls and batch
-    head_total: int = 0  # blocks per head, summed over calls and batch
-
-    def as_dict(self) -> Dict[str, Any]:
-        density = self.kept_blocks / self.total_blocks if self.total_blocks else None
-        out = {"density": density, "sparse_calls": self.sparse_calls, "dense_calls": self.dense_calls}
-        if self.head_kept is not None and self.head_total:
-            out["head_density"] = [round(float(x) / self.head_total, 6) for x in self.head_kept]
-        return out
-
+from .plan import Plan, PlanCache, PlanKey, build_plan
 
 @dataclass
 class Settings:
@@ -74,9 +53,8 @@ class SparseHandle:
     active: bool = True
     adapter: Any = None  # the model family's adapter class (pipelines/); from `family` when not given
     _layouts: Dict[Tuple, Tuple[Optional[torch.Tensor], torch.Tensor]] = field(default_factory=dict, repr=False)
-    _plans: Dict[Tuple, Plan] = field(default_factory=dict, repr=False)
-    _layer_stats: Dict[int, LayerStats] = field(default_factory=dict, repr=False)
-    _fallbacks: Dict[str, int] = field(default_factory=dict, repr=False)
+    _plans: PlanCache = field(default_factory=PlanCache, repr=False)
+    calls: CallStats = field(default_factory=CallStats, repr=False)  # what stats() reports
     _num_steps: Optional[int] = None
     _slots: CallSlots = field(default_factory=CallSlots, repr=False)
     _engine: Optional[DynamicEngine] = field(default=None, repr=False)
@@ -139,12 +117,12 @@ class SparseHandle:
     def plan(self, spans: TokenSpans, key_text: Optional[torch.Tensor], device: torch.device) -> Plan:
         """Plan for one call geometry; cached per (method, grid, text, key text, blocks, device)."""
         bq, bk = self.settings.block_size
-        kt = None if key_text is None else tuple(key_text.tolist())
-        key = (self.method.key, spans, kt, bq, bk, str(device))
-        if key not in self._plans:
+
+        def build() -> Plan:
             order, vmask = self.video_layout(spans.grid)
-            self._plans[key] = build_plan(order, vmask, spans, key_text, bq, bk).to(device)
-        return self._plans[key]
+            return build_plan(order, vmask, spans, key_text, bq, bk)
+
+        return self._plans.get(PlanKey.of(self.method.key, spans, key_text, bq, bk, device), build)
 
     def flex_fn(self) -> Any:
         """The compiled FlexAttention this handle runs with `backend="flex"`, and with "auto" where it pays
@@ -204,7 +182,7 @@ class SparseHandle:
         the `parallel.HeadShard` of the heads this rank holds)."""
         groups, reason = self._geometry(q, text_len, key_mask, chunks)
         if reason is not None:
-            self._fallback(reason)
+            self.fallback(reason)
             self._record(layer, dense=True)
             return dense()
         dynamic = self.dynamic
@@ -283,25 +261,11 @@ class SparseHandle:
     # ---------------------------------------------------------------- bookkeeping
     @torch.compiler.disable
     def _record(self, layer: int, dense: bool, kept: int = 0, total: int = 0, head_kept=None) -> None:
-        st = self._layer_stats.setdefault(layer, LayerStats())
-        if st.last_forward == self.state.forward_id:
-            return  # a gradient-checkpointing recompute of a call already counted
-        st.last_forward = self.state.forward_id
-        if dense:
-            st.dense_calls += 1
-        else:
-            st.sparse_calls += 1
-            st.kept_blocks += kept
-            st.total_blocks += total
-            if head_kept is not None:
-                same = st.head_kept is not None and st.head_kept.numel() == head_kept.numel()
-                st.head_kept = st.head_kept + head_kept if same else head_kept.clone()
-                st.head_total = (st.head_total if same else 0) + total // head_kept.numel()
+        self.calls.record(layer, self.state.forward_id, dense, kept, total, head_kept)
 
-    def _fallback(self, reason: str) -> None:
-        if reason not in self._fallbacks:
-            logger.warning("diffsparse: running dense attention because %s", reason)
-        self._fallbacks[reason] = self._fallbacks.get(reason, 0) + 1
+    def fallback(self, reason: str) -> None:
+        """Record that a call ran dense because of `reason` (reported in `stats()["fallbacks"]`)."""
+        self.calls.fallback(reason)
 
     def on_pipeline_reset(self) -> None:
         """Called by the hook at the end of each pipeline call: per-call caches go."""
@@ -331,10 +295,10 @@ class SparseHandle:
         `searches`); with `cache="flashblock"` a layer reports `cache` (reuse counts per head-call)
         and the top level `cache` with the overall reuse rate.
         """
-        kept = sum(s.kept_blocks for s in self._layer_stats.values())
-        total = sum(s.total_blocks for s in self._layer_stats.values())
+        sums = self.calls.totals()
+        kept, total = sums["kept"], sums["total"]
         layers = {}
-        for i, s in sorted(self._layer_stats.items()):
+        for i, s in sorted(self.calls.layers.items()):
             layers[i] = s.as_dict()
             if self._engine is not None:
                 layers[i].update(self._engine.stats(i))
@@ -348,10 +312,10 @@ class SparseHandle:
             "block_size": self.settings.block_size,
             "quantize": self.settings.quantize,
             "density": kept / total if total else None,
-            "sparse_calls": sum(s.sparse_calls for s in self._layer_stats.values()),
-            "dense_calls": sum(s.dense_calls for s in self._layer_stats.values()),
+            "sparse_calls": sums["sparse_calls"],
+            "dense_calls": sums["dense_calls"],
             "layers": layers,
-            "fallbacks": dict(self._fallbacks),
+            "fallbacks": dict(self.calls.fallbacks),
         }
         if self._flashblock is not None:
             counters = list(self._flashblock.counters.values())
@@ -367,8 +331,7 @@ class SparseHandle:
         return out
 
     def reset_stats(self) -> None:
-        self._layer_stats.clear()
-        self._fallbacks.clear()
+        self.calls.reset()
         if self._flashblock is not None:
             self._flashblock.reset_stats()
         if self._engine is not None:

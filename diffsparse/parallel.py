@@ -69,7 +69,7 @@ def context_parallel_attention(handle, layer: int, q, k, v, key_mask, config: An
         return dense()  # the stock CP path handles (or rejects) what we cannot lay out
     local_text = q.shape[1] - grid.numel // world
     if key_mask is not None and key_mask.shape[-1] != q.shape[1]:
-        handle._fallback(f"attention mask of {key_mask.shape[-1]} keys is not rank-local ({q.shape[1]} tokens)")
+        handle.fallback(f"attention mask of {key_mask.shape[-1]} keys is not rank-local ({q.shape[1]} tokens)")
         return dense()
 
     def forward_op(ctx, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,

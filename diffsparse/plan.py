@@ -11,7 +11,7 @@ or given per head `(H, Nv)` (PARO's per-head axis orders); per-head orders are a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Dict, Hashable, Optional, Tuple
 
 import torch
 
@@ -120,3 +120,40 @@ def build_plan(
         q_inverse = torch.empty_like(q_order).scatter_(-1, q_order, arange.expand_as(q_order).contiguous())
     index = build_block_index(mask.unsqueeze(0), (block_q, block_k))
     return Plan(None if identity_q else q_order, None if identity_k else k_order, q_inverse, index)
+
+
+@dataclass(frozen=True)
+class PlanKey:
+    """Everything a plan depends on, frozen: the layout's identity (a static method's key, a dynamic
+    layout's key, or "base"), the call's token spans, the usable text keys, the block sizes and the device."""
+
+    layout: Hashable
+    spans: TokenSpans
+    key_text: Optional[Tuple[int, ...]]
+    block_q: int
+    block_k: int
+    device: str
+
+    @staticmethod
+    def of(layout: Hashable, spans: TokenSpans, key_text: Optional[torch.Tensor], block_q: int, block_k: int,
+           device) -> "PlanKey":
+        kt = None if key_text is None else tuple(key_text.tolist())
+        return PlanKey(layout, spans, kt, block_q, block_k, str(device))
+
+
+class PlanCache:
+    """Plans built once per `PlanKey` and kept (by the handle or its dynamic engine)."""
+
+    def __init__(self) -> None:
+        self._plans: Dict[PlanKey, Plan] = {}
+
+    def get(self, key: PlanKey, build: Callable[[], Plan]) -> Plan:
+        if key not in self._plans:
+            self._plans[key] = build().to(key.device)
+        return self._plans[key]
+
+    def clear(self) -> None:
+        self._plans.clear()
+
+    def __len__(self) -> int:
+        return len(self._plans)

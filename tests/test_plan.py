@@ -85,5 +85,11 @@ def test_plans_are_cached_per_geometry_on_the_handle():
     assert handle.plan(spans, None, torch.device("cpu")) is p1
     p2 = handle.plan(TokenSpans(Grid(5, 2, 2), 0, False), None, torch.device("cpu"))
     assert p2 is not p1 and p2.index.mask.shape != p1.index.mask.shape
+    assert len(handle._plans) == 2
     other = make_handle("radial")
-    assert other._plans == {}  # nothing shared between handles
+    assert len(other._plans) == 0  # nothing shared between handles
+    # one frozen key per call geometry: text keys as a tuple, the device as a string
+    from diffsparse.plan import PlanKey
+
+    k1 = PlanKey.of("m", spans, torch.tensor([0, 2]), 4, 4, torch.device("cpu"))
+    assert k1 == PlanKey("m", spans, (0, 2), 4, 4, "cpu") and hash(k1) == hash(PlanKey.of("m", spans, torch.tensor([0, 2]), 4, 4, "cpu"))
