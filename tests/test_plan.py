@@ -93,3 +93,9 @@ def test_plans_are_cached_per_geometry_on_the_handle():
 
     k1 = PlanKey.of("m", spans, torch.tensor([0, 2]), 4, 4, torch.device("cpu"))
     assert k1 == PlanKey("m", spans, (0, 2), 4, 4, "cpu") and hash(k1) == hash(PlanKey.of("m", spans, torch.tensor([0, 2]), 4, 4, "cpu"))
+
+
+def test_the_handle_is_what_processors_may_use():
+    from diffsparse.pipelines import AttentionHandle
+
+    assert isinstance(make_handle("radial"), AttentionHandle)

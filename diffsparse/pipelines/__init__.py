@@ -6,7 +6,7 @@ from typing import List, Type
 
 import torch
 
-from .base import ModelAdapter
+from .base import AttentionHandle, ModelAdapter
 from .flux import FluxAdapter
 from .hunyuan import HunyuanVideoAdapter
 from .wan import WanAdapter
@@ -35,4 +35,4 @@ def find_adapter(transformer: torch.nn.Module) -> Type[ModelAdapter]:
     )
 
 
-__all__ = ["ADAPTERS", "ModelAdapter", "adapter_for_family", "find_adapter", "supported_models"]
+__all__ = ["ADAPTERS", "AttentionHandle", "ModelAdapter", "adapter_for_family", "find_adapter", "supported_models"]

@@ -1,15 +1,31 @@
 """What a model adapter knows: which modules are self-attention, how to read the grid, which processor to use.
 
-Adapters know models and nothing about sparsity; their processors hand q/k/v to `handle.attend`.
+Adapters know models and nothing about sparsity; their processors hand q/k/v to `handle.attend`
+(`AttentionHandle`: all a processor may use of the handle).
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Dict, List, Optional, Tuple
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Protocol, Tuple, runtime_checkable
 
 import torch
 
 from ..geometry import Grid
+
+
+@runtime_checkable
+class AttentionHandle(Protocol):
+    """What a patched processor uses of the handle (`handle.SparseHandle` implements it)."""
+
+    #: the step state the transformer's hook fills (`text_len`: the call's text tokens, for blocks
+    #: whose forward does not receive the text, such as FLUX's single-stream blocks)
+    state: Any
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, text_len: int,
+               key_mask: Optional[torch.Tensor], dense: Callable[[], torch.Tensor],
+               parallel_config: Any = None) -> torch.Tensor:
+        """q/k/v `(B, S, H, D)` in model order -> `(B, S, H, D)`; `dense()` runs the stock attention."""
+        ...
 
 
 class ModelAdapter:
@@ -47,7 +63,7 @@ class ModelAdapter:
         raise NotImplementedError
 
     @staticmethod
-    def make_processor(handle: Any, layer: int) -> Any:
+    def make_processor(handle: AttentionHandle, layer: int) -> Any:
         raise NotImplementedError
 
     @staticmethod

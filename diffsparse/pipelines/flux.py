@@ -15,7 +15,7 @@ from diffusers.models.transformers.transformer_flux import (
 )
 
 from ..geometry import Grid
-from .base import ModelAdapter, dual_and_single_stream_attention
+from .base import AttentionHandle, ModelAdapter, dual_and_single_stream_attention
 
 
 def image_grid(img_ids: torch.Tensor, split: Optional[Tuple[int, int]] = None) -> Grid:
@@ -48,7 +48,7 @@ def image_grid(img_ids: torch.Tensor, split: Optional[Tuple[int, int]] = None) -
 class FluxSparseProcessor(FluxAttnProcessor):
     """Stock FLUX attention with the attention call routed through the handle."""
 
-    def __init__(self, handle, layer: int) -> None:
+    def __init__(self, handle: AttentionHandle, layer: int) -> None:
         super().__init__()
         self.handle, self.layer = handle, layer
 
@@ -136,5 +136,5 @@ class FluxAdapter(ModelAdapter):
         return image_grid(args.get("img_ids"), split), args.get("timestep"), n_txt * world
 
     @staticmethod
-    def make_processor(handle, layer):
+    def make_processor(handle: AttentionHandle, layer: int):
         return FluxSparseProcessor(handle, layer)

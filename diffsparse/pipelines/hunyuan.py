@@ -17,7 +17,7 @@ from diffusers.models.transformers.transformer_hunyuan_video import (
     HunyuanVideoTransformer3DModel,
 )
 
-from .base import ModelAdapter, dual_and_single_stream_attention, video_grid
+from .base import AttentionHandle, ModelAdapter, dual_and_single_stream_attention, video_grid
 
 
 def _heads(x, heads):
@@ -65,7 +65,7 @@ def hunyuan_cp_plan(transformer) -> dict:
 class HunyuanVideoSparseProcessor(HunyuanVideoAttnProcessor2_0):
     """Stock HunyuanVideo attention with the attention call routed through the handle."""
 
-    def __init__(self, handle, layer: int) -> None:
+    def __init__(self, handle: AttentionHandle, layer: int) -> None:
         super().__init__()
         self.handle, self.layer = handle, layer
 
@@ -180,7 +180,7 @@ class HunyuanVideoAdapter(ModelAdapter):
         return grid, args.get("timestep"), 0
 
     @staticmethod
-    def make_processor(handle, layer):
+    def make_processor(handle: AttentionHandle, layer: int):
         return HunyuanVideoSparseProcessor(handle, layer)
 
     @staticmethod

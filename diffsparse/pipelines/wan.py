@@ -12,7 +12,7 @@ from diffusers.models.transformers.transformer_wan import (
     _get_qkv_projections,
 )
 
-from .base import ModelAdapter, video_grid
+from .base import AttentionHandle, ModelAdapter, video_grid
 
 
 def _rope(x, freqs_cos, freqs_sin):
@@ -28,7 +28,7 @@ def _rope(x, freqs_cos, freqs_sin):
 class WanSparseProcessor(WanAttnProcessor):
     """Stock Wan self-attention with the attention call routed through the handle."""
 
-    def __init__(self, handle, layer: int) -> None:
+    def __init__(self, handle: AttentionHandle, layer: int) -> None:
         super().__init__()
         self.handle, self.layer = handle, layer
 
@@ -112,5 +112,5 @@ class WanAdapter(ModelAdapter):
         return grid, args.get("timestep"), 0
 
     @staticmethod
-    def make_processor(handle, layer):
+    def make_processor(handle: AttentionHandle, layer: int):
         return WanSparseProcessor(handle, layer)
