@@ -1,6 +1,6 @@
 """Renders six direction-word captions and prints the checker's motion reading.
 
-    python eval/results/reference/design_runs/direction_pairs/direction_words_strip.py [WEIGHTS] [OUT.png]
+    python experiments/reference_design_runs/direction_pairs/direction_words_strip.py [WEIGHTS] [OUT.png]
 """
 import sys, numpy as np, torch, json
 from diffsparse.reference import load_video_pipeline, VIDEO_WEIGHTS

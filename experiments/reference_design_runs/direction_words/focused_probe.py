@@ -5,7 +5,7 @@ Fine-tunes the v4a weights (the `reference_video_continue2_a.json` start point) 
 caption's direction could change the denoiser's estimate), without caption dropout; then export.
 Measure with `python -m diffsparse.reference.evaluate --probes-only --weights OUT/export`.
 
-    python eval/results/reference/design_runs/direction_words/focused_probe.py OUT STEPS
+    python experiments/reference_design_runs/direction_words/focused_probe.py OUT STEPS
 """
 
 import sys
