@@ -2,9 +2,10 @@
 
 Every patched processor calls `handle.attend(...)` with q/k/v `(B, S, H, D)`; the handle decides
 dense or sparse for this layer and step, builds (once, cached on the handle) the plan for the
-call's geometry and runs it. Dynamic methods (AdaSpa, PARO) get their plan from a
-`DynamicEngine` (dynamic.py) instead, and `cache="flashblock"` runs plans through a
-`FlashBlockCache` (flashblock.py). All state lives here - nothing in module or class globals.
+call's geometry (`plan.PlanCache`) and has its `PlanExecutor` (executor.py: plain, or through
+FlashBlock's residual cache) run it. Dynamic methods (AdaSpa, PARO) get their plan from a
+`DynamicEngine` (dynamic.py) instead; calls are counted in `CallStats` (call_stats.py). All state
+lives here and in those parts - nothing in module or class globals.
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ import torch
 
 from .call_stats import CallStats
 from .dynamic import CallSlots, DynamicEngine, DynamicMethod
-from .flashblock import FlashBlockCache
+from .executor import PlanExecutor
 from .geometry import Grid, TokenSpans
 from .hooks import StepState
-from .kernels import block_sparse_attention
 from .methods.base import SparseMethod
 from .pipelines import adapter_for_family
 from .plan import Plan, PlanCache, PlanKey, build_plan
@@ -58,14 +58,14 @@ class SparseHandle:
     _num_steps: Optional[int] = None
     _slots: CallSlots = field(default_factory=CallSlots, repr=False)
     _engine: Optional[DynamicEngine] = field(default=None, repr=False)
-    _flashblock: Optional[FlashBlockCache] = field(default=None, repr=False)
-    _flex: Any = field(default=None, repr=False)
+    executor: PlanExecutor = field(default=None, repr=False)  # runs plans (made from settings when not given)
 
     def __post_init__(self) -> None:
         if self.adapter is None:
             self.adapter = adapter_for_family(self.family)
-        if self.settings.cache == "flashblock":
-            self._flashblock = FlashBlockCache(self.settings.cache_interval, self.settings.cache_threshold)
+        if self.executor is None:
+            st = self.settings
+            self.executor = PlanExecutor(st.backend, st.quantize, st.cache, st.cache_interval, st.cache_threshold)
 
     @property
     def dynamic(self) -> Optional[DynamicEngine]:
@@ -125,15 +125,8 @@ class SparseHandle:
         return self._plans.get(PlanKey.of(self.method.key, spans, key_text, bq, bk, device), build)
 
     def flex_fn(self) -> Any:
-        """The compiled FlexAttention this handle runs with `backend="flex"`, and with "auto" where it pays
-        (large CPU inference calls, `kernels.api.cpu_flex_pays`): made once, held here; else None."""
-        if self.settings.backend not in ("flex", "auto"):
-            return None
-        if self._flex is None:
-            from .kernels.flex import compiled_flex_attention
-
-            self._flex = compiled_flex_attention()
-        return self._flex
+        """The compiled FlexAttention this handle's executor holds (see `PlanExecutor.flex_fn`)."""
+        return self.executor.flex_fn()
 
     # ---------------------------------------------------------------- execution
     def attend(
@@ -218,15 +211,9 @@ class SparseHandle:
         return out
 
     def _execute(self, layer, slot, spans, key_text, plan: Plan, q, k, v, quantize: Optional[str]) -> torch.Tensor:
-        """Run a plan, through the FlashBlock residual cache when it is on."""
-        quantize = quantize or self.settings.quantize
-        if self._flashblock is None:
-            return run_plan(plan, q, k, v, self.settings.backend, quantize, self.flex_fn())
         kt = None if key_text is None else tuple(key_text.tolist())
-        return self._flashblock.run(
-            layer, (layer, slot, spans, kt, q.shape[0]), plan, q, k, v,
-            forward_id=self.state.forward_id, backend=self.settings.backend, quantize=quantize,
-        )
+        return self.executor.execute(layer, (layer, slot, spans, kt, q.shape[0]), plan, q, k, v,
+                                     self.state.forward_id, quantize)
 
     @torch.compiler.disable
     def _geometry(self, q, text_len, key_mask, chunks=1):
@@ -273,8 +260,7 @@ class SparseHandle:
         self._slots.reset()
         if self._engine is not None:
             self._engine.reset()
-        if self._flashblock is not None:
-            self._flashblock.reset()
+        self.executor.reset()
 
     def reset(self) -> None:
         """Start a new generation by hand (bare transformers): step counter and per-call caches."""
@@ -302,8 +288,8 @@ class SparseHandle:
             layers[i] = s.as_dict()
             if self._engine is not None:
                 layers[i].update(self._engine.stats(i))
-            if self._flashblock is not None and self._flashblock.stats(i) is not None:
-                layers[i]["cache"] = self._flashblock.stats(i)
+            if self.executor.layer_stats(i) is not None:
+                layers[i]["cache"] = self.executor.layer_stats(i)
         out = {
             **self.method.describe(),
             "family": self.family,
@@ -317,33 +303,22 @@ class SparseHandle:
             "layers": layers,
             "fallbacks": dict(self.calls.fallbacks),
         }
-        if self._flashblock is not None:
-            counters = list(self._flashblock.counters.values())
-            reused, refreshed = sum(c.reused for c in counters), sum(c.refreshed for c in counters)
-            residual = sum(c.residual_blocks for c in counters)
+        cache = self.executor.cache_totals()
+        if cache is not None:
+            reused, refreshed = cache["reused"], cache["refreshed"]
             out["cache"] = {
                 "method": "flashblock", "interval": self.settings.cache_interval,
                 "threshold": self.settings.cache_threshold, "reused": reused, "refreshed": refreshed,
                 "reuse_rate": reused / (reused + refreshed) if reused + refreshed else None,
                 # blocks actually computed in sparse calls, refreshes of the skipped blocks included
-                "effective_density": (kept + residual) / total if total else None,
+                "effective_density": (kept + cache["residual"]) / total if total else None,
             }
         return out
 
     def reset_stats(self) -> None:
         self.calls.reset()
-        if self._flashblock is not None:
-            self._flashblock.reset_stats()
+        self.executor.reset_stats()
         if self._engine is not None:
             self._engine.layer_info.clear()
             self._engine.searches.clear()
 
-
-def run_plan(
-    plan: Plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "auto", quantize: Optional[str] = None,
-    flex_fn: Any = None,
-) -> torch.Tensor:
-    """Execute a plan on q/k/v `(B, S, H, D)` in model order; returns `(B, S, H, D)` in model order."""
-    qh, kh, vh = plan.gather(q, k, v)
-    out = block_sparse_attention(qh, kh, vh, plan.index, backend=backend, quantize=quantize, flex_fn=flex_fn)
-    return plan.scatter(out)

@@ -10,7 +10,7 @@ from diffsparse.block_diffusion import BlockExternalCache, attention_with_lse, b
 from diffsparse.flashblock import FlashBlockCache
 from diffsparse.kernels.merge import merge_attention
 from diffsparse.geometry import Grid, TokenSpans
-from diffsparse.handle import run_plan
+from diffsparse.executor import run_plan
 from diffsparse.methods import get_method
 from diffsparse.plan import build_plan
 from pipeline_helpers import BUILDERS, CALLS, render
@@ -148,7 +148,7 @@ def test_reuse_on_a_pipeline_reports_counts_and_moves_toward_dense(method, opts)
         assert layer["cache"]["reused"] > 0 and layer["cache"]["refreshed"] > 0
     assert stats["density"] < stats["cache"]["effective_density"] < 1
     assert (cached - ref).abs().mean() < (plain - ref).abs().mean()
-    assert not handle._flashblock._entries  # reset at the end of the pipeline call
+    assert not handle.executor.flashblock._entries  # reset at the end of the pipeline call
     if method == "adaspa":  # refresh at every step equals the dynamic method too
         diffsparse.enable_sparse_attention(pipe, method=method, cache="flashblock", cache_interval=1, **common)
         assert torch.equal(render(pipe, "wan", num_inference_steps=6), plain)

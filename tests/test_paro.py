@@ -8,7 +8,7 @@ import torch
 import diffsparse
 from diffsparse.calibration import ORDERS, axis_order, order_scores
 from diffsparse.geometry import Grid, TokenSpans, raster_coords
-from diffsparse.handle import run_plan
+from diffsparse.executor import run_plan
 from diffsparse.kernels import expand_block_mask
 from diffsparse.plan import build_plan
 from diffsparse.kernels import block_sparse_attention as sparse_attention

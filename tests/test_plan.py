@@ -4,8 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from diffsparse.executor import run_plan
 from diffsparse.geometry import Grid, TokenSpans
-from diffsparse.handle import Settings, SparseHandle, run_plan
+from diffsparse.handle import Settings, SparseHandle
 from diffsparse.kernels import expand_block_mask
 from diffsparse.methods import get_method
 from diffsparse.plan import build_plan
