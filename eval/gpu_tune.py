@@ -32,7 +32,10 @@ import torch  # noqa: E402
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) candidates per kernel, for 16-bit inputs at D 128.
 FWD = [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 4, 3)]
-BWD = [(64, 64, 4, 2), (128, 128, 8, 2), (128, 128, 8, 3), (64, 128, 4, 2), (128, 64, 4, 2), (128, 128, 4, 2)]
+# The backward also tries the Triton fused-attention tutorial's Hopper shapes: narrow query tiles against wide
+# key tiles for dK/dV (32x128) and the transpose for dQ (128x32), 4 warps, deeper pipelines (not yet measured).
+BWD = [(64, 64, 4, 2), (128, 128, 8, 2), (128, 128, 8, 3), (64, 128, 4, 2), (128, 64, 4, 2), (128, 128, 4, 2),
+       (32, 128, 4, 3), (32, 128, 4, 5), (128, 32, 4, 3), (128, 32, 4, 5)]
 
 
 def _time(fn: Callable[[], object], dry: bool) -> float:
