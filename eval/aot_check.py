@@ -33,7 +33,8 @@ A row fails when it does not compile, exceeds the shared memory limit, or lacks 
     python eval/aot_check.py --out eval/results/aot_check.txt
 
 Results: eval/results/aot_check.txt (triton 3.9, both archs) and aot_check_triton36_sm90.txt (triton 3.6,
-the version on the lent H200). Needs Triton's bundled ptxas (triton/backends/nvidia/bin); no CUDA driver.
+the version on the lent H200, compiled before the measured Hopper launches `SM90_MEASURED` existed; the H200
+itself then built and ran those with Triton 3.6: eval/results/gpu/). Needs Triton's bundled ptxas (triton/backends/nvidia/bin); no CUDA driver.
 """
 
 from __future__ import annotations
