@@ -38,6 +38,17 @@ def test_dispatcher_configs_are_a_pure_function_of_the_inputs():
     assert (bwd80["BLOCK_M"], bwd80["TILES_M"], bwd80["num_warps"], bwd80["num_stages"]) == (64, 2, 4, 2)
     fwd64 = kernel_config(torch.float16, 64, 128, 128, arch_major=9, interpret=False)  # measured on the H200
     assert (fwd64["BLOCK_M"], fwd64["BLOCK_N"], fwd64["TILES_N"], fwd64["num_warps"], fwd64["num_stages"]) == (128, 64, 2, 4, 3)
+    import diffsparse.kernels.triton_attention as ta  # a per-kernel measured launch overrides the shared one
+
+    table = {**ta.SM90_MEASURED, ("bwd_dkdv", 128): (32, 128, 4, 5)}
+    saved, ta.SM90_MEASURED = ta.SM90_MEASURED, table
+    try:
+        dkdv = kernel_config(torch.bfloat16, 128, 128, 128, backward=True, arch_major=9, interpret=False, kernel="bwd_dkdv")
+        dq = kernel_config(torch.bfloat16, 128, 128, 128, backward=True, arch_major=9, interpret=False, kernel="bwd_dq")
+    finally:
+        ta.SM90_MEASURED = saved
+    assert (dkdv["BLOCK_M"], dkdv["BLOCK_N"], dkdv["TILES_M"], dkdv["num_warps"], dkdv["num_stages"]) == (32, 128, 4, 4, 5)
+    assert (dq["BLOCK_M"], dq["BLOCK_N"], dq["num_warps"]) == (128, 128, 8)
     small = kernel_config(torch.bfloat16, 128, 64, 64, backward=True, arch_major=9, interpret=False)  # not measured
     assert (small["BLOCK_M"], small["num_warps"]) == (64, 4)
     q8 = kernel_config(torch.bfloat16, 64, 128, 128, quant=True, arch_major=9, interpret=False)  # INT8: generic

@@ -61,7 +61,8 @@ def _launch_opts(block_m: int, arch_major) -> dict:
 # Launches measured on a Hopper GPU (H200, Triton 3.6, bf16, Wan 480p radial and dense layouts, block 128;
 # eval/gpu_tune.py -> eval/results/gpu/kernel_tune.txt): (pass, padded head dim) -> tile caps (rows,
 # keys), warps, stages. They replace the generic rule above for 16-bit inputs on sm_90 only, for layout
-# blocks at least as large as the tiles (smaller blocks were not measured).
+# blocks at least as large as the tiles (smaller blocks were not measured). "bwd" serves both backward
+# kernels; a "bwd_dq" or "bwd_dkdv" entry, when present, overrides it for that kernel alone.
 #   fwd  D128: 128x128, 8 warps, 3 stages (the generic rule; every other candidate was slower)
 #   fwd  D64 : 128x64, 4 warps: 6.4 ms where the generic 128x128 / 8 warps took 7.5
 #   bwd  D128: 128x128, 8 warps, 2 stages: dQ 8.8 -> 8.4 ms, dK/dV 14.0 -> 12.5 ms against 64x64 / 4 warps
@@ -296,20 +297,22 @@ def _tile_cap(dtype: torch.dtype, d_pad: int, backward: bool, interpret=None) ->
 
 
 def kernel_config(dtype: torch.dtype, head_dim: int, block_q: int, block_k: int, *, backward: bool = False,
-                  value_dim=None, quant: bool = False, arch_major=None, interpret=None) -> dict:
+                  value_dim=None, quant: bool = False, arch_major=None, interpret=None, kernel=None) -> dict:
     """The constexprs and launch options (num_warps/num_stages) of one launch: the dispatcher's whole choice.
 
     `dtype`: the inputs' dtype (for INT8 QK, v's dtype; q/k are int8); `arch_major`: the GPU's compute
     capability major (None: the interpreter/CPU, Triton's default warps/stages); `interpret`: default
     from TRITON_INTERPRET. Pure, so `eval/aot_check.py` compiles exactly what `triton_forward` /
-    `triton_backward` launch. `backward` covers both backward kernels (dQ and dK/dV share it).
+    `triton_backward` launch. `backward` covers both backward kernels; `kernel` ("bwd_dq" or "bwd_dkdv")
+    names the one launched, for a measured launch of its own (`SM90_MEASURED`).
     """
     interpret = _interpreting() if interpret is None else interpret
     dv = head_dim if value_dim is None else value_dim
     d_pad = _pow2(max(head_dim, dv), hi=1 << 30)
     measured = None
     if not interpret and arch_major == 9 and dtype in (torch.float16, torch.bfloat16) and not quant:
-        measured = SM90_MEASURED.get(("bwd" if backward else "fwd", d_pad))
+        measured = SM90_MEASURED.get((kernel, d_pad)) if backward and kernel else None
+        measured = measured or SM90_MEASURED.get(("bwd" if backward else "fwd", d_pad))
         if measured is not None and (block_q < measured[0] or block_k < measured[1]):
             measured = None  # smaller layout blocks: tiles of their own size, the generic rule
     if measured is None:
@@ -381,17 +384,18 @@ def backward_launches(q, k, v, dout, lse, delta, dq, dk, dv, counts, indices, t_
     """`[(kernel, grid, args, kwargs)]` of the dQ and dK/dV launches (q/k/v/dout contiguous, lse/delta too)."""
     B, H, Sq, D = q.shape
     Sk, Dv = k.shape[2], v.shape[-1]
-    common = kernel_config(q.dtype, D, block_q, block_k, backward=True, value_dim=Dv, arch_major=arch_major)
+    cq, ckv = (kernel_config(q.dtype, D, block_q, block_k, backward=True, value_dim=Dv, arch_major=arch_major,
+                             kernel=name) for name in ("bwd_dq", "bwd_dkdv"))
     strides = (*q.stride(), *k.stride(), *v.stride(), *dout.stride(), *lse.stride())
     cs, ist = _csr_strides(counts, indices)
     tcs, tist = _csr_strides(t_counts, t_indices)
     # dq/dk/dv are empty_like(q/k/v): same strides as the inputs, so the input strides address them.
     return [
-        (_bwd_dq_kernel, (num_blocks(Sq, block_q) * common["TILES_M"], B * H),
-         (q, k, v, dout, lse, delta, dq, counts, indices, *strides, *cs, *ist, H, Sq, Sk, D, Dv, scale), common),
-        (_bwd_dkdv_kernel, (num_blocks(Sk, block_k) * common["TILES_N"], B * H),
+        (_bwd_dq_kernel, (num_blocks(Sq, block_q) * cq["TILES_M"], B * H),
+         (q, k, v, dout, lse, delta, dq, counts, indices, *strides, *cs, *ist, H, Sq, Sk, D, Dv, scale), cq),
+        (_bwd_dkdv_kernel, (num_blocks(Sk, block_k) * ckv["TILES_N"], B * H),
          (q, k, v, dout, lse, delta, dk, dv, t_counts, t_indices, *strides, *tcs, *tist, H, Sq, Sk, D, Dv, scale),
-         common),
+         ckv),
     ]
 
 
