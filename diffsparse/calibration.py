@@ -182,9 +182,8 @@ def calibrate(
                     pipe(**kwargs)
                 if phase == "orders":
                     calibrator.choose_orders(handle.num_layers)
-        fallbacks = handle.stats()["fallbacks"]
-        if fallbacks:
-            raise RuntimeError(f"calibration could not lay out the attention calls: {fallbacks}")
+        if handle.calls.fallbacks:
+            raise RuntimeError(f"calibration could not lay out the attention calls: {handle.calls.fallbacks}")
     finally:
         disable_sparse_attention(pipe)
     return calibrator.finish(handle.transformers, handle.num_layers, {"calibration_calls": len(calls)})

@@ -152,8 +152,5 @@ class PlanCache:
             self._plans[key] = build().to(key.device)
         return self._plans[key]
 
-    def clear(self) -> None:
-        self._plans.clear()
-
     def __len__(self) -> int:
         return len(self._plans)

@@ -75,55 +75,43 @@ def sweep(name: str, mask: torch.Tensor, B: int, H: int, S: int, D: int, block: 
     pairs = float(index.mask.expand(B, H, -1, -1).sum()) * block * block  # computed query-key pairs (upper bound)
     rows: List[dict] = []
 
+    def trial(kernel_name, kern, cfg, cands, tiles_key, n_blocks, args, outs, refs, flops_per_pair):
+        """Launch `kern` with each candidate launch, check it against `refs`, time it; one row each."""
+        for bm, bn, w, st in cands:
+            c = _override(cfg, bm, bn, w, st, dry)
+            default = (bm, bn, w, st) == (cfg["BLOCK_M"], cfg["BLOCK_N"], cfg.get("num_warps"), cfg.get("num_stages"))
+            grid = (n_blocks * c[tiles_key], B * H)
+            row = dict(layout=name, kernel=kernel_name, cfg=(bm, bn, w, st), default=default)
+            try:
+                for t in outs:
+                    t.fill_(float("nan"))
+                kern[grid](*args, **c)
+                err = max(_rel(x, r) for x, r in zip(outs, refs))
+                ms = _time(lambda: kern[grid](*args, **c), dry)
+                rows.append(dict(row, ms=ms, err=err, tflops=flops_per_pair * pairs / ms / 1e9))
+            except Exception as e:  # out of resources etc.: reported, never chosen
+                rows.append(dict(row, ms=None, err=None, note=f"{type(e).__name__}: {str(e).splitlines()[0][:60]}"))
+
+    nq = nk = num_blocks(S, block)  # square: queries and keys are the same tokens
     # forward
     out = torch.empty(B, H, S, D, dtype=q.dtype, device=device)
     lse = torch.empty(B, H, S, dtype=torch.float32, device=device)
     kern, grid, args, cfg = forward_launch(q, k, v, out, lse, index.counts, index.indices, block, block, scale, None, arch)
     kern[grid](*args, **cfg)
     ref_out, ref_lse = out.clone(), lse.clone()
-    nq = num_blocks(S, block)
-    for bm, bn, w, st in FWD:
-        c = _override(cfg, bm, bn, w, st, dry)
-        default = (bm, bn, w, st) == (cfg["BLOCK_M"], cfg["BLOCK_N"], cfg.get("num_warps"), cfg.get("num_stages"))
-        g2 = (nq * c["TILES_M"], B * H)
-        try:
-            out.fill_(float("nan"))
-            kern[g2](*args, **c)
-            err = max(_rel(out, ref_out), _rel(lse, ref_lse))
-            ms = _time(lambda: kern[g2](*args, **c), dry)
-            rows.append(dict(layout=name, kernel="fwd", cfg=(bm, bn, w, st), default=default, ms=ms, err=err,
-                             tflops=4 * D * pairs / ms / 1e9))
-        except Exception as e:  # out of resources etc.: reported, never chosen
-            rows.append(dict(layout=name, kernel="fwd", cfg=(bm, bn, w, st), default=default, ms=None, err=None,
-                             note=f"{type(e).__name__}: {str(e).splitlines()[0][:60]}"))
+    trial("fwd", kern, cfg, FWD, "TILES_M", nq, args, (out, lse), (ref_out, ref_lse), 4 * D)
 
-    # backward: dQ and dK/dV timed separately (each its own launch)
+    # backward: dQ and dK/dV timed separately (each its own launch); matmuls per pair: dQ 2 (dP, dQ),
+    # dK/dV 3 (S, dV, dK) + recompute
     delta = (do.float() * ref_out.float()).sum(-1).contiguous()
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     launches = backward_launches(q, k, v, do, ref_lse, delta, dq, dk, dv, index.counts, index.indices,
                                  t_index.counts, t_index.indices, block, block, scale, arch)
     for kern_, grid_, args_, cfg_ in launches:
         kern_[grid_](*args_, **cfg_)
-    refs = {"bwd_dq": (dq.clone(),), "bwd_dkdv": (dk.clone(), dv.clone())}
-    outs = {"bwd_dq": (dq,), "bwd_dkdv": (dk, dv)}
-    nk = num_blocks(S, block)
-    for (kern_, _, args_, cfg_), kname in zip(launches, ("bwd_dq", "bwd_dkdv")):
-        for bm, bn, w, st in BWD:
-            c = _override(cfg_, bm, bn, w, st, dry)
-            default = (bm, bn, w, st) == (cfg_["BLOCK_M"], cfg_["BLOCK_N"], cfg_.get("num_warps"), cfg_.get("num_stages"))
-            g2 = ((nq * c["TILES_M"]) if kname == "bwd_dq" else (nk * c["TILES_N"]), B * H)
-            try:
-                for t in outs[kname]:
-                    t.fill_(float("nan"))
-                kern_[g2](*args_, **c)
-                err = max(_rel(x, r) for x, r in zip(outs[kname], refs[kname]))
-                ms = _time(lambda: kern_[g2](*args_, **c), dry)
-                share = 2 if kname == "bwd_dq" else 3  # matmuls per pair: dQ 2 (dP, dQ), dK/dV 3 (S, dV, dK) + recompute
-                rows.append(dict(layout=name, kernel=kname, cfg=(bm, bn, w, st), default=default, ms=ms, err=err,
-                                 tflops=2 * share * D * pairs / ms / 1e9))
-            except Exception as e:
-                rows.append(dict(layout=name, kernel=kname, cfg=(bm, bn, w, st), default=default, ms=None, err=None,
-                                 note=f"{type(e).__name__}: {str(e).splitlines()[0][:60]}"))
+    (kq, _, aq, cq), (kkv, _, akv, ckv) = launches
+    trial("bwd_dq", kq, cq, BWD, "TILES_M", nq, aq, (dq,), (dq.clone(),), 2 * 2 * D)
+    trial("bwd_dkdv", kkv, ckv, BWD, "TILES_N", nk, akv, (dk, dv), (dk.clone(), dv.clone()), 2 * 3 * D)
     return rows
 
 

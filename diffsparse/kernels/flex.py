@@ -12,7 +12,12 @@ from .index import BlockIndex, num_blocks
 
 
 def to_flex_block_mask(index: BlockIndex, B: int, H: int, sq: int, sk: int):
-    """`BlockMask` computing exactly the kept blocks of `index` for q/k lengths `sq`/`sk`."""
+    """`BlockMask` computing exactly the kept blocks of `index` for q/k lengths `sq`/`sk`; built once per
+    shape and kept on the index (a plan's index serves every layer and step)."""
+    return index.derived(("flex", B, H, sq, sk), lambda: _build_flex_block_mask(index, B, H, sq, sk))
+
+
+def _build_flex_block_mask(index: BlockIndex, B: int, H: int, sq: int, sk: int):
     from torch.nn.attention.flex_attention import BlockMask
 
     nq, nk = num_blocks(sq, index.block_q), num_blocks(sk, index.block_k)

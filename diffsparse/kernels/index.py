@@ -9,7 +9,7 @@ per plan and shared across layers and steps.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Tuple, Union
+from typing import Any, Callable, Tuple, Union
 
 import torch
 
@@ -65,23 +65,24 @@ class BlockIndex:
         """Fraction of blocks computed (over the broadcast mask)."""
         return float(self.mask.float().mean()) if self.mask.numel() else 0.0
 
+    def derived(self, key: tuple, build: Callable[[], Any]) -> Any:
+        """Something computed from this layout once and kept with it (copies on other devices, the
+        transposed index, a FlexAttention `BlockMask`): the layout serves every layer and step."""
+        if key not in self._cache:
+            self._cache[key] = build()
+        return self._cache[key]
+
     def to(self, device: torch.device | str) -> "BlockIndex":
         device = torch.device(device)
         if self.mask.device == device:
             return self
-        key = ("to", str(device))
-        if key not in self._cache:
-            self._cache[key] = BlockIndex(
-                self.mask.to(device), self.counts.to(device), self.indices.to(device), self.block_q, self.block_k
-            )
-        return self._cache[key]
+        return self.derived(("to", str(device)), lambda: BlockIndex(
+            self.mask.to(device), self.counts.to(device), self.indices.to(device), self.block_q, self.block_k))
 
     def transposed(self) -> "BlockIndex":
         """Index of the transposed mask (per key block, the query blocks that read it): for dK/dV."""
-        key = ("T",)
-        if key not in self._cache:
-            self._cache[key] = build_block_index(self.mask.transpose(-1, -2), (self.block_k, self.block_q))
-        return self._cache[key]
+        flipped = (self.block_k, self.block_q)
+        return self.derived(("T",), lambda: build_block_index(self.mask.transpose(-1, -2), flipped))
 
 
 def build_block_index(block_mask: torch.Tensor, block_size: BlockSize) -> BlockIndex:

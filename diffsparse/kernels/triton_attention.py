@@ -278,8 +278,9 @@ def _bwd_dkdv_kernel(
              mask=col_ok[:, None] & (offs_dv[None, :] < DV))
 
 
-def _tiles(bq: int, bk: int, cap: int = 128):
-    block_m, block_n = _pow2(bq, hi=cap), _pow2(bk, hi=cap)
+def _tiles(bq: int, bk: int, cap_m: int = 128, cap_n=None):
+    """Tile sides (power of two, at most the caps; `cap_n` defaults to `cap_m`) and tiles per layout block."""
+    block_m, block_n = _pow2(bq, hi=cap_m), _pow2(bk, hi=cap_m if cap_n is None else cap_n)
     return block_m, block_n, -(-bq // block_m), -(-bk // block_n)
 
 
@@ -315,12 +316,8 @@ def kernel_config(dtype: torch.dtype, head_dim: int, block_q: int, block_k: int,
         measured = measured or SM90_MEASURED.get(("bwd" if backward else "fwd", d_pad))
         if measured is not None and (block_q < measured[0] or block_k < measured[1]):
             measured = None  # smaller layout blocks: tiles of their own size, the generic rule
-    if measured is None:
-        cap = _tile_cap(dtype, d_pad, backward, interpret)
-        block_m, block_n, tiles_m, tiles_n = _tiles(block_q, block_k, cap)
-    else:
-        block_m, block_n = _pow2(block_q, hi=measured[0]), _pow2(block_k, hi=measured[1])
-        tiles_m, tiles_n = -(-block_q // block_m), -(-block_k // block_n)
+    caps = (_tile_cap(dtype, d_pad, backward, interpret),) if measured is None else measured[:2]
+    block_m, block_n, tiles_m, tiles_n = _tiles(block_q, block_k, *caps)
     cfg = dict(BQ=block_q, BK=block_k, TILES_M=tiles_m, TILES_N=tiles_n, BLOCK_M=block_m, BLOCK_N=block_n,
                D_PAD=_pow2(head_dim, hi=1 << 30), DV_PAD=_pow2(dv, hi=1 << 30))
     if not backward:
