@@ -54,8 +54,8 @@ def _validate(q, k, v, index: BlockIndex) -> None:
 # flash kernel is slow on 128-row query blocks (eval/results/bench_attention_cpu.txt; end to end
 # eval/results/bench_transformer_cpu.txt) at densities 0.10-0.74; at blocks of 64 Flex was 7-9 % faster
 # (eval/results/bench_attention_cpu_block64.txt), which its compile (seconds, once per shape) eats up,
-# and with every block kept our path (one in-place flash call per row) was faster (1.02x vs 0.91x of
-# stock end to end). Flex on CPU is inference only and has no LSE.
+# and with every block kept our path (one in-place flash call per row) was faster (0.97x vs 0.91x of
+# stock end to end, eval/results/bench_transformer_cpu*.txt). Flex on CPU is inference only and has no LSE.
 CPU_FLEX_MIN_BLOCK = 128
 CPU_FLEX_MIN_SCORES = 16384 * 16384
 CPU_FLEX_MAX_DENSITY = 0.75
