@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 
 from .call_stats import CallStats
+from .compile_ops import Opaque
 from .dynamic import CallSlots, DynamicEngine, DynamicMethod
 from .executor import PlanExecutor
 from .geometry import Grid, TokenSpans
@@ -59,10 +60,13 @@ class SparseHandle:
     _slots: CallSlots = field(default_factory=CallSlots, repr=False)
     _engine: Optional[DynamicEngine] = field(default=None, repr=False)
     executor: PlanExecutor = field(default=None, repr=False)  # runs plans (made from settings when not given)
+    opaque: Opaque = field(default=None, repr=False, compare=False)  # this handle inside compiled graphs
+
 
     def __post_init__(self) -> None:
         if self.adapter is None:
             self.adapter = adapter_for_family(self.family)
+        self.opaque = Opaque(self)
         if self.executor is None:
             st = self.settings
             self.executor = PlanExecutor(st.backend, st.quantize, st.cache, st.cache_interval, st.cache_threshold)
@@ -136,17 +140,20 @@ class SparseHandle:
         k: torch.Tensor,
         v: torch.Tensor,
         *,
-        text_len: int,
+        text_len: Optional[int],
         key_mask: Optional[torch.Tensor],
         dense: Callable[[], torch.Tensor],
         parallel_config: Any = None,
     ) -> torch.Tensor:
         """Attention for one self-attention call. q/k/v `(B, S, H, D)` in model order -> `(B, S, H, D)`.
 
-        `dense` runs the stock attention (dense layers/steps and fallbacks). With a Diffusers
+        `text_len` None: the text length the step hook read (blocks whose forward does not get the
+        text). `dense` runs the stock attention (dense layers/steps and fallbacks). With a Diffusers
         `parallel_config` the sequence is rank-local and the sparse attention runs inside
         Ulysses context parallelism (see `parallel.py`).
         """
+        if text_len is None:
+            text_len = self.state.text_len
         if self.dynamic is not None:
             self.method.check_call(self.state.grid)  # e.g. PARO refuses a grid it was not calibrated for
         if self.runs_dense(layer):

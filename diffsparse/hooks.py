@@ -16,12 +16,14 @@ Each pipeline call starts fresh, also after a call that was stopped by an except
   `num_inference_steps`, else the pipeline object found on the call stack), so two pipelines
   sharing one transformer each get their own.
 A bare transformer called without a cache context keeps counting until `handle.reset()`.
+Inside a compiled forward the same work (`track`) runs in an opaque op at run time (compile_ops.py).
 """
 
 from __future__ import annotations
 
 import inspect
 import sys
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Hashable, Optional, Tuple
 
@@ -29,6 +31,7 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 
+from .compile_ops import Opaque, track_step_in_graph
 from .geometry import Grid
 
 HOOK_NAME = "diffsparse_step_tracker"
@@ -53,6 +56,9 @@ class StepState:
     branch: Optional[Hashable] = None  # the pipeline's name for this call ("cond"/"uncond"), if it gave one
     num_steps: Optional[int] = None  # denoising steps of the calling pipeline call (0: none found), once looked up
     context: Any = None  # the Diffusers CacheContext set around the current call, if any
+    #: inside a compiled forward: the step op's output, which every attend op of that forward takes
+    #: (orders them after it; compile_ops.py); None when the hook ran eagerly
+    compile_token: Optional[torch.Tensor] = None
 
     def reset(self) -> None:
         self.step, self.timestep = -1, None
@@ -103,16 +109,28 @@ class StepTrackerHook(ModelHook):
 
     def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
         self._signature = inspect.signature(type(module).forward)
+        self._names = list(self._signature.parameters)[1:]
+        self._module = weakref.ref(module)
+        self.opaque = Opaque(self)  # how a compiled forward reaches `track` (compile_ops.py)
         return module
 
-    @torch.compiler.disable
     def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any):
-        bound = self._signature.bind_partial(module, *args, **kwargs).arguments
+        if torch.compiler.is_compiling():  # the step is read at run time, inside an opaque op
+            arguments = dict(zip(self._names, args), **kwargs)
+            self.state.compile_token = track_step_in_graph(self.opaque, arguments)
+        else:
+            self.state.compile_token = None
+            self.track(self._signature.bind_partial(module, *args, **kwargs).arguments)
+        return args, kwargs
+
+    def track(self, arguments: Dict[str, Any]) -> None:
+        """Read grid, text length and step from a transformer forward's (bound) arguments."""
+        module = self._module()
         try:
-            grid, timestep, text_len = self.reader(module, bound, inputs_split_by_context_parallelism(module))
+            grid, timestep, text_len = self.reader(module, arguments, inputs_split_by_context_parallelism(module))
             self.state.geometry_error = None
         except ValueError as err:  # unusual token layout: processors fall back to dense and report it
-            grid, timestep, text_len = None, bound.get("timestep"), 0
+            grid, timestep, text_len = None, arguments.get("timestep"), 0
             self.state.geometry_error = str(err)
         st = self.state
         t = None if timestep is None else float(torch.as_tensor(timestep).float().max())
@@ -136,7 +154,6 @@ class StepTrackerHook(ModelHook):
             st.timestep = t
         if st.num_steps is None:  # once per call; 0: no pipeline found (a bare transformer)
             st.num_steps = getattr(ctx, "num_inference_steps", None) or calling_pipeline_steps(module) or 0
-        return args, kwargs
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         self.state.reset()

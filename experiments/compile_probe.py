@@ -1,8 +1,9 @@
 """How torch.compile sees a patched transformer (issue: fullgraph=True with sparse attention on).
 
-Compiles the tiny Wan pipeline's transformer (stock, or with radial enabled) and runs one 3-step
-pipeline call, then a call at a new resolution; prints whether it ran, the graphs dynamo captured,
-the recompiles and the graph breaks with their reasons (counted by torch._dynamo's counters).
+Compiles the tiny Wan pipeline's transformer (stock, or with radial enabled) with Inductor and runs
+one 3-step pipeline call, then a call at a new resolution; prints whether it ran, the graphs dynamo
+captured, the recompiles and the graph breaks with their reasons (counted by torch._dynamo's
+counters), and how far the compiled call's frames are from the same call run eagerly.
 
     python experiments/compile_probe.py            # stock and radial, fullgraph False and True
 """
@@ -31,11 +32,12 @@ if mode != "stock":
 torch._dynamo.config.recompile_limit = 64
 from torch._dynamo.utils import counters  # noqa: E402
 
-pipe.transformer = torch.compile(pipe.transformer, fullgraph=full)
 kw = dict(CALLS["wan"], **adapter_for_family("wan").tiny_inputs(), num_inference_steps=3)
+eager = pipe(generator=torch.Generator().manual_seed(0), **kw).frames[0]
+pipe.transformer = torch.compile(pipe.transformer, fullgraph=full)
 label = f"{mode:<7} fullgraph={str(full):<5}"
 try:
-    pipe(**kw)
+    diff = abs(pipe(generator=torch.Generator().manual_seed(0), **kw).frames[0] - eager).max()
     first = dict(counters["stats"])
     pipe(**dict(kw, height=kw["height"] + 16))
     breaks = counters["graph_break"]
@@ -43,7 +45,8 @@ try:
 
     reasons = sorted({m.group(1) for r in breaks for m in [re.search(r"function `?<function ([\w.]+)", r)] if m})
     print(f"{label} ran; first call: {first.get('unique_graphs', 0)} graphs; after a new resolution: "
-          f"{counters['stats'].get('unique_graphs', 0)} graphs; graph breaks {sum(breaks.values())}"
+          f"{counters['stats'].get('unique_graphs', 0)} graphs; graph breaks {sum(breaks.values())}; "
+          f"max |compiled - eager| {diff:.1e}"
           + (f" (torch.compiler.disable'd: {', '.join(reasons)})" if reasons else ""), flush=True)
 except Exception as e:  # fullgraph=True fails at the first break
     print(f"{label} FAILED: {type(e).__name__}: {str(e).splitlines()[0][:160]}", flush=True)

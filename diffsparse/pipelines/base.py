@@ -10,6 +10,7 @@ from typing import Any, Callable, ClassVar, Dict, List, Optional, Protocol, Tupl
 
 import torch
 
+from ..compile_ops import attend_in_graph, needs_autograd
 from ..geometry import Grid
 
 
@@ -20,12 +21,31 @@ class AttentionHandle(Protocol):
     #: the step state the transformer's hook fills (`text_len`: the call's text tokens, for blocks
     #: whose forward does not receive the text, such as FLUX's single-stream blocks)
     state: Any
+    #: the handle as one opaque value for the `diffsparse::attend` op (compile_ops.py)
+    opaque: Any
 
-    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, text_len: int,
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, text_len: Optional[int],
                key_mask: Optional[torch.Tensor], dense: Callable[[], torch.Tensor],
                parallel_config: Any = None) -> torch.Tensor:
-        """q/k/v `(B, S, H, D)` in model order -> `(B, S, H, D)`; `dense()` runs the stock attention."""
+        """q/k/v `(B, S, H, D)` in model order -> `(B, S, H, D)`; `dense()` runs the stock attention;
+        `text_len` None: the step's (`state.text_len`)."""
         ...
+
+
+def route_attention(handle: AttentionHandle, processor: Any, layer: int, q: torch.Tensor, k: torch.Tensor,
+                    v: torch.Tensor, *, text_len: Optional[int], key_mask: Optional[torch.Tensor],
+                    dense: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """What a patched processor calls: `handle.attend`, or inside a compiled graph the same as one
+    opaque op, so that per-step decisions neither break the graph nor recompile it (compile_ops.py).
+
+    Calls that need gradients and context-parallel calls stay traced Python (graph breaks).
+    """
+    config = processor._parallel_config
+    if torch.compiler.is_compiling() and config is None and not needs_autograd((q, k, v)):
+        return attend_in_graph(handle.opaque, handle.state.compile_token, layer, q, k, v, text_len, key_mask,
+                               processor._attention_backend)
+    return handle.attend(layer, q, k, v, text_len=text_len, key_mask=key_mask, dense=dense,
+                         parallel_config=config)
 
 
 class ModelAdapter:

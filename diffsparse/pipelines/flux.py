@@ -15,7 +15,7 @@ from diffusers.models.transformers.transformer_flux import (
 )
 
 from ..geometry import Grid
-from .base import AttentionHandle, ModelAdapter, dual_and_single_stream_attention
+from .base import AttentionHandle, ModelAdapter, dual_and_single_stream_attention, route_attention
 
 
 def image_grid(img_ids: torch.Tensor, split: Optional[Tuple[int, int]] = None) -> Grid:
@@ -70,10 +70,10 @@ class FluxSparseProcessor(FluxAttnProcessor):
                 backend=self._attention_backend, parallel_config=self._parallel_config,
             )
 
-        n_txt = encoder_hidden_states.shape[1] if encoder_hidden_states is not None else self.handle.state.text_len
-        out = self.handle.attend(
-            self.layer, query, key, value, text_len=n_txt, key_mask=attention_mask, dense=dense,
-            parallel_config=self._parallel_config,
+        n_txt = encoder_hidden_states.shape[1] if encoder_hidden_states is not None else None  # None: the step's
+        out = route_attention(
+            self.handle, self, self.layer, query, key, value, text_len=n_txt, key_mask=attention_mask,
+            dense=dense,
         )
         out = out.flatten(2, 3).to(query.dtype)
         if encoder_hidden_states is not None:

@@ -17,7 +17,7 @@ from diffusers.models.transformers.transformer_hunyuan_video import (
     HunyuanVideoTransformer3DModel,
 )
 
-from .base import AttentionHandle, ModelAdapter, dual_and_single_stream_attention, video_grid
+from .base import AttentionHandle, ModelAdapter, dual_and_single_stream_attention, route_attention, video_grid
 
 
 def _heads(x, heads):
@@ -105,9 +105,9 @@ class HunyuanVideoSparseProcessor(HunyuanVideoAttnProcessor2_0):
             )
 
         n_txt = 0 if encoder_hidden_states is None else encoder_hidden_states.shape[1]
-        out = self.handle.attend(
-            self.layer, query, key, value, text_len=n_txt, key_mask=attention_mask, dense=dense,
-            parallel_config=self._parallel_config,
+        out = route_attention(
+            self.handle, self, self.layer, query, key, value, text_len=n_txt, key_mask=attention_mask,
+            dense=dense,
         )
         out = out.flatten(2, 3).to(query.dtype)
         if encoder_hidden_states is not None:

@@ -12,7 +12,7 @@ from diffusers.models.transformers.transformer_wan import (
     _get_qkv_projections,
 )
 
-from .base import AttentionHandle, ModelAdapter, video_grid
+from .base import AttentionHandle, ModelAdapter, route_attention, video_grid
 
 
 def _rope(x, freqs_cos, freqs_sin):
@@ -47,9 +47,9 @@ class WanSparseProcessor(WanAttnProcessor):
                 backend=self._attention_backend, parallel_config=self._parallel_config,
             )
 
-        out = self.handle.attend(
-            self.layer, query, key, value, text_len=0, key_mask=attention_mask, dense=dense,
-            parallel_config=self._parallel_config,
+        out = route_attention(
+            self.handle, self, self.layer, query, key, value, text_len=0, key_mask=attention_mask,
+            dense=dense,
         )
         out = out.flatten(2, 3).type_as(query)
         return attn.to_out[1](attn.to_out[0](out))

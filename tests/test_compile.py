@@ -1,0 +1,143 @@
+"""torch.compile of a patched transformer: one graph, no more recompiles than stock, same result.
+
+The step hook and the processors reach the handle through two opaque custom ops (compile_ops.py),
+so per-step decisions (dense warm-up, CFG branch, plans, AdaSpa searches) run at every call with
+the real values. Dynamo runs with `aot_eager` here (fake tensors, functionalisation; Inductor's
+code generation is not what is tested and takes minutes on CI);
+`python experiments/compile_probe.py` measures the same with Inductor.
+"""
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+import diffsparse
+from diffsparse.pipelines import adapter_for_family
+from pipeline_helpers import BUILDERS, render
+
+# family -> (method, options): the methods whose per-call decisions differ most (a static layout
+# with a dense warm-up; AdaSpa's searches and per-branch caches)
+CASES = {
+    "wan": ("radial", {"dense_steps": 1}),
+    "hunyuan": ("radial", {"dense_steps": 1}),  # padded text: the key mask goes through the op
+    "flux": ("sliding_window", {"dense_steps": 1}),  # single-stream blocks read the text length at run time
+}
+
+
+def _graphs() -> int:
+    return counters["stats"].get("unique_graphs", 0)
+
+
+def _calls(handle):
+    s = handle.stats()
+    return s["sparse_calls"], s["dense_calls"], s["density"]
+
+
+def _fresh_dynamo():
+    torch._dynamo.reset()
+    counters.clear()
+
+
+@pytest.mark.parametrize("family", sorted(CASES))
+def test_fullgraph_compile_runs_the_same_calls_and_output_as_eager(family):
+    method, opts = CASES[family]
+    pipe = BUILDERS[family]()
+    handle = diffsparse.enable_sparse_attention(pipe, method=method, block_size=8, dense_layers=0, **opts)
+    eager = render(pipe, family)
+    want = _calls(handle)
+    handle.reset_stats()
+    _fresh_dynamo()
+    transformer = pipe.transformer
+    pipe.transformer = torch.compile(transformer, fullgraph=True, backend="aot_eager")
+    try:
+        compiled = render(pipe, family)
+        assert _calls(handle) == want  # the same dense warm-up and sparse calls, the same blocks
+        torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
+        graphs = _graphs()
+        assert graphs >= 1 and sum(counters["graph_break"].values()) == 0
+        handle.reset_stats()
+        render(pipe, family, seed=1)  # a second call: no recompile
+        assert _graphs() == graphs and _calls(handle)[:2] == want[:2]
+    finally:
+        pipe.transformer = transformer
+        _fresh_dynamo()
+
+
+def _graphs_over_two_resolutions(method):
+    pipe = BUILDERS["wan"]()
+    if method:
+        diffsparse.enable_sparse_attention(pipe, method=method, block_size=8, dense_steps=1, dense_layers=0)
+    _fresh_dynamo()
+    pipe.transformer = torch.compile(pipe.transformer, fullgraph=True, backend="aot_eager")
+    try:
+        render(pipe, "wan", num_inference_steps=2)
+        first = _graphs()
+        render(pipe, "wan", num_inference_steps=2, height=64)
+        return first, _graphs()
+    finally:
+        _fresh_dynamo()
+
+
+def test_recompiles_at_most_stock_plus_one():
+    stock = _graphs_over_two_resolutions(None)
+    for method in ("radial", "adaspa"):
+        first, after = _graphs_over_two_resolutions(method)
+        assert first <= stock[0] + 1 and after <= stock[1] + 1, (method, (first, after), stock)
+
+
+def test_a_stopped_compiled_call_does_not_change_the_next():
+    class Stop(Exception):
+        pass
+
+    def stop_at_2(pipe, i, t, kwargs):
+        if i == 2:
+            raise Stop
+        return kwargs
+
+    pipe = BUILDERS["wan"]()
+    handle = diffsparse.enable_sparse_attention(pipe, method="grat", dense_steps=2, dense_layers=0, block_size=8)
+    _fresh_dynamo()
+    pipe.transformer = torch.compile(pipe.transformer, fullgraph=True, backend="aot_eager")
+    try:
+        clean = render(pipe, "wan", num_inference_steps=4)
+        want = _calls(handle)
+        handle.reset_stats()
+        with pytest.raises(Stop):
+            render(pipe, "wan", num_inference_steps=4, callback_on_step_end=stop_at_2)
+        handle.reset_stats()
+        assert torch.equal(render(pipe, "wan", num_inference_steps=4), clean) and _calls(handle) == want
+    finally:
+        _fresh_dynamo()
+
+
+def test_regional_compilation_of_the_repeated_blocks():
+    """Diffusers' `compile_repeated_blocks`: the hook runs eagerly, the processors inside compiled blocks."""
+    pipe = BUILDERS["wan"]()
+    handle = diffsparse.enable_sparse_attention(pipe, method="radial", block_size=8, dense_steps=1, dense_layers=0)
+    eager = render(pipe, "wan")
+    want = _calls(handle)
+    handle.reset_stats()
+    _fresh_dynamo()
+    pipe.transformer.compile_repeated_blocks(fullgraph=True, backend="aot_eager")
+    try:
+        torch.testing.assert_close(render(pipe, "wan"), eager, atol=1e-4, rtol=1e-4)
+        assert _calls(handle) == want
+    finally:
+        _fresh_dynamo()
+
+
+def test_disable_after_compiling_restores_stock_output():
+    pipe = BUILDERS["wan"]()
+    stock = render(pipe, "wan", num_inference_steps=2)
+    handle = diffsparse.enable_sparse_attention(pipe, method="radial", block_size=8, dense_steps=0, dense_layers=0)
+    _fresh_dynamo()
+    transformer = pipe.transformer
+    pipe.transformer = torch.compile(transformer, fullgraph=True, backend="aot_eager")
+    try:
+        render(pipe, "wan", num_inference_steps=2)
+    finally:
+        pipe.transformer = transformer
+        _fresh_dynamo()
+    diffsparse.disable_sparse_attention(pipe)
+    assert torch.equal(render(pipe, "wan", num_inference_steps=2), stock)
+    assert adapter_for_family("wan").matches(pipe.transformer) and handle.active is False
