@@ -149,23 +149,6 @@ class DynamicMethod:
         return layer_info
 
 
-class CallSlots:
-    """Index of each transformer call within its denoising step (0 = first call of the step)."""
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self._step, self._ids = None, []  # type: Optional[int], List[int]
-
-    def slot(self, step: int, forward_id: int) -> int:
-        if step != self._step:
-            self._step, self._ids = step, []
-        if forward_id not in self._ids:
-            self._ids.append(forward_id)
-        return self._ids.index(forward_id)
-
-
 class DynamicEngine:
     """Per-handle driver of a `DynamicMethod` (see the module docstring)."""
 

@@ -17,7 +17,7 @@ import torch
 
 from .call_stats import CallStats
 from .compile_ops import Opaque
-from .dynamic import CallSlots, DynamicEngine, DynamicMethod
+from .dynamic import DynamicEngine, DynamicMethod
 from .executor import PlanExecutor
 from .geometry import Grid, TokenSpans
 from .hooks import StepState
@@ -56,8 +56,6 @@ class SparseHandle:
     _layouts: Dict[Tuple, Tuple[Optional[torch.Tensor], torch.Tensor]] = field(default_factory=dict, repr=False)
     _plans: PlanCache = field(default_factory=PlanCache, repr=False)
     calls: CallStats = field(default_factory=CallStats, repr=False)  # what stats() reports
-    _num_steps: Optional[int] = None
-    _slots: CallSlots = field(default_factory=CallSlots, repr=False)
     _engine: Optional[DynamicEngine] = field(default=None, repr=False)
     executor: PlanExecutor = field(default=None, repr=False)  # runs plans (made from settings when not given)
     opaque: Opaque = field(default=None, repr=False, compare=False)  # this handle inside compiled graphs
@@ -93,17 +91,13 @@ class SparseHandle:
         else the enabled pipeline's scheduler; None for a bare transformer."""
         if self.state.num_steps:
             return self.state.num_steps
-        if self._num_steps is None:
-            timesteps = getattr(getattr(self.pipe, "scheduler", None), "timesteps", None)
-            self._num_steps = None if timesteps is None else len(timesteps)
-        return self._num_steps
+        timesteps = getattr(getattr(self.pipe, "scheduler", None), "timesteps", None)
+        return None if timesteps is None else len(timesteps)
 
     def branch(self) -> Any:
-        """Which call of the step this is: the pipeline's cache-context name ("cond", "uncond"), else its
-        index within the step (pipelines that set no context)."""
-        if self.state.branch is not None:
-            return self.state.branch
-        return self._slots.slot(self.state.step, self.state.forward_id)
+        """Which call of the step this is (`StepState.branch`: the pipeline's cache-context name, else
+        the call's index within the step)."""
+        return self.state.branch
 
     @torch.compiler.disable
     def runs_dense(self, layer: int) -> bool:
@@ -263,8 +257,6 @@ class SparseHandle:
 
     def on_pipeline_reset(self) -> None:
         """Called by the hook at the end of each pipeline call: per-call caches go."""
-        self._num_steps = None
-        self._slots.reset()
         if self._engine is not None:
             self._engine.reset()
         self.executor.reset()

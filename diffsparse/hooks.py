@@ -53,7 +53,10 @@ class StepState:
     grid: Optional[Grid] = None
     text_len: int = 0
     geometry_error: Optional[str] = None  # why the grid could not be read, if it could not
-    branch: Optional[Hashable] = None  # the pipeline's name for this call ("cond"/"uncond"), if it gave one
+    #: which call of its step this forward is: the pipeline's cache-context name ("cond"/"uncond"),
+    #: else its index within the step (pipelines that set no context)
+    branch: Optional[Hashable] = None
+    slot: int = 0  # index of this forward within its step
     num_steps: Optional[int] = None  # denoising steps of the calling pipeline call (0: none found), once looked up
     context: Any = None  # the Diffusers CacheContext set around the current call, if any
     #: inside a compiled forward: the step op's output, which every attend op of that forward takes
@@ -63,7 +66,7 @@ class StepState:
     def reset(self) -> None:
         self.step, self.timestep = -1, None
         self.grid, self.text_len, self.geometry_error = None, 0, None
-        self.branch, self.num_steps = None, None
+        self.branch, self.slot, self.num_steps = None, 0, None
 
 
 class _ContextTap(StateManager):
@@ -144,14 +147,12 @@ class StepTrackerHook(ModelHook):
                 self.on_reset()
         st.grid, st.text_len = grid, text_len
         st.forward_id += 1
-        st.branch = None if ctx is None else ctx.name
         index = None if ctx is None else getattr(ctx, "step_index", None)
-        if index is not None:
-            if index != st.step:
-                st.step, st.timestep = index, t
-        elif t is None or t != st.timestep:
-            st.step += 1
-            st.timestep = t
+        new_step = index != st.step if index is not None else (t is None or t != st.timestep)
+        if new_step:
+            st.step, st.timestep = (index if index is not None else st.step + 1), t
+        st.slot = 0 if new_step else st.slot + 1
+        st.branch = st.slot if ctx is None else ctx.name
         if st.num_steps is None:  # once per call; 0: no pipeline found (a bare transformer)
             st.num_steps = getattr(ctx, "num_inference_steps", None) or calling_pipeline_steps(module) or 0
 
