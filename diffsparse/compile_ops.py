@@ -21,11 +21,16 @@ over a stale decision.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
-from torch._library.opaque_object import register_opaque_type
-from torch._opaque_base import OpaqueBase
+
+try:  # opaque objects in custom ops: recent PyTorch only (2.13 has them)
+    from torch._library.opaque_object import register_opaque_type
+    from torch._opaque_base import OpaqueBase
+except ImportError:  # older torch: compiled forwards take the traced Python path (graph breaks)
+    register_opaque_type, OpaqueBase = None, object
 
 
 class Opaque(OpaqueBase):
@@ -33,6 +38,18 @@ class Opaque(OpaqueBase):
 
     def __init__(self, target: Any) -> None:
         self.target = target
+        # The dispatcher state of eager code where this is made (enable time). Compiled code calls
+        # ops with most dispatch keys excluded; the op bodies run eager PyTorch that needs them
+        # (vmap and a nested torch.compile when FlexAttention runs, autograd-aware custom ops).
+        self._eager_dispatch = (torch._C._dispatch_tls_local_include_set(),
+                                torch._C._dispatch_tls_local_exclude_set())
+
+    def eager(self) -> contextlib.ExitStack:
+        """Context for an op body: eager dispatch, inference mode kept as the caller had it."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch._C._ForceDispatchKeyGuard(*self._eager_dispatch))
+        stack.enter_context(torch.inference_mode(torch.is_inference_mode_enabled()))
+        return stack
 
     def __reduce__(self):
         # Inductor pickles graph inputs into its cache key; the compiled graph does not depend on
@@ -40,39 +57,51 @@ class Opaque(OpaqueBase):
         return (Opaque, (type(self.target).__name__,))
 
 
-register_opaque_type(Opaque, typ="reference")
+def _define_ops() -> None:
+    tags = (torch.Tag.cudagraph_unsafe,)
 
-_TAGS = (torch.Tag.cudagraph_unsafe,)
+    @torch.library.custom_op("diffsparse::track_step", mutates_args=(), tags=tags)
+    def track_step(hook: Opaque, names: str, tensors: List[torch.Tensor]) -> torch.Tensor:
+        with hook.eager():
+            hook.target.track(dict(zip(names.split(","), tensors)))
+        return torch.empty(0, device=tensors[0].device)
+
+    @track_step.register_fake
+    def _(hook, names, tensors):
+        return torch.empty(0, device=tensors[0].device)
+
+    @torch.library.custom_op("diffsparse::attend", mutates_args=(), tags=tags)
+    def attend(handle: Opaque, token: Optional[torch.Tensor], layer: int, q: torch.Tensor, k: torch.Tensor,
+               v: torch.Tensor, text_len: int, key_mask: Optional[torch.Tensor], backend: str) -> torch.Tensor:
+        from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+        def dense() -> torch.Tensor:
+            return dispatch_attention_fn(q, k, v, attn_mask=key_mask, dropout_p=0.0, is_causal=False,
+                                         backend=backend or None)
+
+        with handle.eager():
+            out = handle.target.attend(layer, q, k, v, text_len=None if text_len < 0 else text_len,
+                                       key_mask=key_mask, dense=dense)
+        return out.contiguous()  # a custom op may not return a view of its input
+
+    @attend.register_fake
+    def _(handle, token, layer, q, k, v, text_len, key_mask, backend):
+        return q.new_empty(q.shape[:3] + (v.shape[-1],))
 
 
-@torch.library.custom_op("diffsparse::track_step", mutates_args=(), tags=_TAGS)
-def _track_step(hook: Opaque, names: str, tensors: List[torch.Tensor]) -> torch.Tensor:
-    hook.target.track(dict(zip(names.split(","), tensors)))
-    return torch.empty(0, device=tensors[0].device)
+def _register() -> bool:
+    if register_opaque_type is None:
+        return False
+    try:
+        register_opaque_type(Opaque, typ="reference")
+        _define_ops()
+    except (TypeError, ValueError, RuntimeError, AttributeError):  # an opaque-object API we do not know
+        return False
+    return True
 
 
-@_track_step.register_fake
-def _(hook, names, tensors):
-    return torch.empty(0, device=tensors[0].device)
-
-
-@torch.library.custom_op("diffsparse::attend", mutates_args=(), tags=_TAGS)
-def _attend(handle: Opaque, token: Optional[torch.Tensor], layer: int, q: torch.Tensor, k: torch.Tensor,
-            v: torch.Tensor, text_len: int, key_mask: Optional[torch.Tensor], backend: str) -> torch.Tensor:
-    from diffusers.models.attention_dispatch import dispatch_attention_fn
-
-    def dense() -> torch.Tensor:
-        return dispatch_attention_fn(q, k, v, attn_mask=key_mask, dropout_p=0.0, is_causal=False,
-                                     backend=backend or None)
-
-    out = handle.target.attend(layer, q, k, v, text_len=None if text_len < 0 else text_len,
-                               key_mask=key_mask, dense=dense)
-    return out.contiguous()  # a custom op may not return a view of its input
-
-
-@_attend.register_fake
-def _(handle, token, layer, q, k, v, text_len, key_mask, backend):
-    return q.new_empty(q.shape[:3] + (v.shape[-1],))
+#: whether compiled forwards use the two ops (a capability of the installed torch, fixed at import)
+AVAILABLE = _register()
 
 
 def track_step_in_graph(hook: Opaque, arguments: Dict[str, Any]) -> torch.Tensor:

@@ -31,7 +31,7 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 
-from .compile_ops import Opaque, track_step_in_graph
+from . import compile_ops
 from .geometry import Grid
 
 HOOK_NAME = "diffsparse_step_tracker"
@@ -114,17 +114,21 @@ class StepTrackerHook(ModelHook):
         self._signature = inspect.signature(type(module).forward)
         self._names = list(self._signature.parameters)[1:]
         self._module = weakref.ref(module)
-        self.opaque = Opaque(self)  # how a compiled forward reaches `track` (compile_ops.py)
+        self.opaque = compile_ops.Opaque(self)  # how a compiled forward reaches `track` (compile_ops.py)
         return module
 
     def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any):
-        if torch.compiler.is_compiling():  # the step is read at run time, inside an opaque op
+        if torch.compiler.is_compiling() and compile_ops.AVAILABLE:  # read at run time, in an opaque op
             arguments = dict(zip(self._names, args), **kwargs)
-            self.state.compile_token = track_step_in_graph(self.opaque, arguments)
+            self.state.compile_token = compile_ops.track_step_in_graph(self.opaque, arguments)
         else:
-            self.state.compile_token = None
-            self.track(self._signature.bind_partial(module, *args, **kwargs).arguments)
+            self._track_eagerly(module, args, kwargs)
         return args, kwargs
+
+    @torch.compiler.disable  # a graph break where the ops are not available
+    def _track_eagerly(self, module: torch.nn.Module, args: Any, kwargs: Any) -> None:
+        self.state.compile_token = None
+        self.track(self._signature.bind_partial(module, *args, **kwargs).arguments)
 
     def track(self, arguments: Dict[str, Any]) -> None:
         """Read grid, text length and step from a transformer forward's (bound) arguments."""

@@ -10,6 +10,8 @@
 #   3. end to end: the Wan2.1-T2V-1.3B transformer (30 layers, 12 heads x 128 = dim 1536, FFN 8960),
 #      random weights, 480p x 81 frames (latent 21x60x104 = 32760 tokens), one denoiser step:
 #      stock vs dense vs radial vs sliding_window                        (eval/bench_transformer.py)
+#   3b. the same, stock vs radial, each model compiled (Diffusers' compile_repeated_blocks,
+#      fullgraph, Inductor): what users who compile compare          (appended to bench_wan.txt)
 #   4. with what is left of the budget: a launch-configuration sweep of the three kernels (tiles,
 #      warps, stages) on the radial and the dense layout, to set the dispatcher from measurements
 #                                                                        (eval/gpu_tune.py)
@@ -57,8 +59,9 @@ stage_time() {
 }
 
 declare -a SUMMARY=()
-run_stage() {  # name, cap seconds, output file, command...
-    local name=$1 cap=$2 file=$3; shift 3
+run_stage() {  # name, cap seconds, output file (+file: append to it), command...
+    local name=$1 cap=$2 file=$3 tee_args=(); shift 3
+    if [ "${file:0:1}" = "+" ]; then file=${file:1}; tee_args=(-a); fi
     local t rc t0
     t=$(stage_time "$cap")
     if [ "$t" -lt 15 ]; then
@@ -69,7 +72,7 @@ run_stage() {  # name, cap seconds, output file, command...
     echo
     echo "== $name (timeout ${t}s): $*"
     t0=$(date +%s)
-    timeout -k 10 "$t" "$@" 2>&1 | tee "$RES/$file"
+    timeout -k 10 "$t" "$@" 2>&1 | tee "${tee_args[@]}" "$RES/$file"
     rc=$?
     local dt=$(( $(date +%s) - t0 )) status=ok
     if [ $rc = 124 ] || [ $rc = 137 ]; then status="TIMEOUT(${t}s)"; elif [ $rc != 0 ]; then status="FAIL(rc=$rc)"; fi
@@ -152,6 +155,10 @@ EOF
              --device cuda --dtype bf16 --repeats 3)
     fi
     run_stage bench_wan1.3b 150 bench_wan.txt "$PY" eval/bench_transformer.py "${e2e[@]}" --methods "$E2E_METHODS"
+    local compiler=inductor
+    [ $DRY = 1 ] && compiler=aot_eager  # the dry run checks the path, not Inductor's code generation
+    run_stage wan_compiled 150 +bench_wan.txt "$PY" eval/bench_transformer.py "${e2e[@]}" --methods radial \
+        --compile $compiler --regional
 
     # ---- 4. launch-configuration sweep (last: it only informs the next dispatcher change)
     if [ $DRY = 1 ]; then
@@ -174,7 +181,7 @@ EOF
         echo "-- attention (best ms; ours/ideal):"
         grep -E '^(radial|sliding_window|grat|band|random)' "$RES/bench_attention.txt" 2>/dev/null | tail -n 12 || true
         echo "-- Wan 1.3B, one step:"
-        grep -E -A8 '^method ' "$RES/bench_wan.txt" 2>/dev/null | tail -n 9 || true
+        grep -E '^(# .*compiled: |method |stock |dense |radial |sliding_window |grat )' "$RES/bench_wan.txt" 2>/dev/null || true
         echo "-- kernel launch configurations:"
         grep -E '^best ' "$RES/kernel_tune.txt" 2>/dev/null || true
         echo "files: $RES/{gpu_check.log,env.txt,kernel_check.txt,kernel_check.json,bench_attention.txt,bench_wan.txt,kernel_tune.txt,summary.txt}"

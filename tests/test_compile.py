@@ -167,3 +167,49 @@ def test_compiled_training_keeps_the_traced_path_and_its_gradients():
     for a, b in zip(grads, ref_grads):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
     assert handle.stats()["sparse_calls"] == 4  # two layers, sparse in both runs
+
+
+def test_compiled_flex_runs_inside_the_op(monkeypatch):
+    """CPU `auto` hands large calls to the handle's compiled FlexAttention. Its first call inside a
+    compiled graph's op is a nested compile (with vmap over the mask), which needs the eager
+    dispatcher state the op restores."""
+    import warnings
+
+    from diffsparse.kernels import api
+
+    monkeypatch.setattr(api, "CPU_FLEX_MIN_BLOCK", 16)  # make the tiny calls "large"
+    monkeypatch.setattr(api, "CPU_FLEX_MIN_SCORES", 0)
+    pipe = BUILDERS["wan"]()
+    handle = diffsparse.enable_sparse_attention(pipe, method="radial", block_size=16, dense_steps=0, dense_layers=0,
+                                                decay_factor=0.5)  # sparse enough for Flex
+    transformer = pipe.transformer
+    _fresh_dynamo()
+    pipe.transformer = torch.compile(transformer, fullgraph=True, backend="aot_eager")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)  # "compiled FlexAttention failed" would be one
+            compiled = render(pipe, "wan", num_inference_steps=2)  # Flex compiles here, inside the op
+    finally:
+        pipe.transformer = transformer
+        _fresh_dynamo()
+    assert handle.flex_fn()._fn is not None and handle.flex_fn().error is None  # it ran, and did not fail
+    torch.testing.assert_close(compiled, render(pipe, "wan", num_inference_steps=2), atol=1e-4, rtol=1e-4)
+
+
+def test_without_opaque_ops_compiling_takes_the_traced_path(monkeypatch):
+    """A torch without opaque objects in custom ops (before 2.13): graph breaks, the same calls and output."""
+    from diffsparse import compile_ops
+
+    monkeypatch.setattr(compile_ops, "AVAILABLE", False)
+    pipe = BUILDERS["wan"]()
+    handle = diffsparse.enable_sparse_attention(pipe, method="radial", block_size=8, dense_steps=1, dense_layers=0)
+    eager = render(pipe, "wan")
+    want = _calls(handle)
+    handle.reset_stats()
+    _fresh_dynamo()
+    pipe.transformer = torch.compile(pipe.transformer, backend="aot_eager")
+    try:
+        torch.testing.assert_close(render(pipe, "wan"), eager, atol=1e-4, rtol=1e-4)
+        assert _calls(handle) == want and sum(counters["graph_break"].values()) > 0
+    finally:
+        _fresh_dynamo()

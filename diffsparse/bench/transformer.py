@@ -15,6 +15,11 @@ methods round by round and report the best round (spread = slowest / best).
         --layers 30 --device cuda --dtype bf16             # Wan2.1-1.3B at 480p, 81 frames
     torchrun --nproc_per_node 8 eval/bench_transformer.py --ulysses 8 --device cuda --dtype bf16 \
         --frames 21 --height 90 --width 160 --heads 40 --head-dim 128 --layers 4   # Wan-14B 720p on 8 GPUs
+
+`--compile inductor` compares what users who compile run: every model (stock too) goes through
+`torch.compile(model, fullgraph=True)` before the warm-up (`--regional`: Diffusers'
+`compile_repeated_blocks`, one compile for all blocks, much faster to build). The attention share, and so the bound,
+is then not measured (timing hooks inside the graph would break it): those columns print `-`.
 """
 
 from __future__ import annotations
@@ -106,6 +111,10 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--ulysses", type=int, default=1, help="context-parallel degree (launch with torchrun)")
+    p.add_argument("--compile", default=None, choices=["inductor", "aot_eager", "eager"],
+                   help="torch.compile every model (stock too) with fullgraph=True and this backend (default: eager)")
+    p.add_argument("--regional", action="store_true",
+                   help="with --compile: compile the repeated blocks only (Diffusers' compile_repeated_blocks)")
     p.add_argument("--out", default=None, help="also write the table to this file")
     args = p.parse_args(argv)
     rank = setup_parallel(args)
@@ -121,11 +130,16 @@ def main(argv=None) -> int:
             from diffusers import ContextParallelConfig
 
             models[name].enable_parallelism(config=ContextParallelConfig(ulysses_degree=args.ulysses))
-        timers[name] = AttentionTimer(models[name], args.device)
+        if not args.compile:
+            timers[name] = AttentionTimer(models[name], args.device)
         if name != "stock":
             handles[name] = diffsparse.enable_sparse_attention(
                 models[name], method=name, dense_steps=0, dense_layers=0, block_size=args.block_size,
                 backend=args.backend)
+        if args.compile and args.regional:
+            models[name].compile_repeated_blocks(fullgraph=True, backend=args.compile)
+        elif args.compile:
+            models[name] = torch.compile(models[name], fullgraph=True, backend=args.compile)
     del base
     x = torch.randn(1, 16, args.frames, args.height, args.width, device=args.device, dtype=dtype)
     ehs = torch.randn(1, 16, 64, device=args.device, dtype=dtype)
@@ -139,7 +153,8 @@ def main(argv=None) -> int:
 
     say(f"# {' '.join(sys.argv)}")
     say(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; device: {device_name(args.device)}; "
-        f"torch {torch.__version__}; {args.dtype}; ulysses {args.ulysses}; backend {args.backend}")
+        f"torch {torch.__version__}; {args.dtype}; ulysses {args.ulysses}; backend {args.backend}; "
+        f"compiled: {(args.compile + (' (repeated blocks)' if args.regional else '')) if args.compile else 'no'}")
     say(f"# Wan transformer: {args.layers} layers, {args.heads} heads x {args.head_dim}, ffn {args.ffn}; "
         f"grid {grid} = {grid[0] * grid[1] * grid[2]} tokens; block {args.block_size}")
 
@@ -157,26 +172,30 @@ def main(argv=None) -> int:
     shares = {n: [] for n in names}
     for _ in range(args.repeats):  # interleaved rounds
         for name in names:
-            timers[name].total = 0.0
+            if name in timers:
+                timers[name].total = 0.0
             sync()
             t0 = time.perf_counter()
             run(name)
             sync()
             times[name].append(time.perf_counter() - t0)
-            shares[name].append(timers[name].total / times[name][-1])
+            shares[name].append(timers[name].total / times[name][-1] if name in timers else None)
 
     base = min(times["stock"])
-    f = shares["stock"][times["stock"].index(base)]
+    f = shares["stock"][times["stock"].index(base)]  # None when compiled
     say(f"{'method':<16}{'density':>9}{'DiT s':>9}{'spread':>8}{'speed-up':>10}{'bound':>8}{'of bound':>10}"
         f"{'attn share':>12}{'max|d| vs stock':>17}")
     for name in names:
         t = min(times[name])
         d = densities[name]
-        bound = 1.0 / ((1 - f) + f * d)
         err = (outs[name] - outs["stock"]).abs().max().item()
         share = shares[name][times[name].index(t)]
-        say(f"{name:<16}{d:>9.3f}{t:>9.3f}{max(times[name]) / t:>8.2f}{base / t:>10.2f}{bound:>8.2f}"
-            f"{base / t / bound:>10.2f}{share:>12.2f}{err:>17.2e}")
+        if f is None:
+            bound_cols = f"{'-':>8}{'-':>10}{'-':>12}"
+        else:
+            bound = 1.0 / ((1 - f) + f * d)
+            bound_cols = f"{bound:>8.2f}{base / t / bound:>10.2f}{share:>12.2f}"
+        say(f"{name:<16}{d:>9.3f}{t:>9.3f}{max(times[name]) / t:>8.2f}{base / t:>10.2f}{bound_cols}{err:>17.2e}")
     if args.out and rank == 0:
         with open(args.out, "w") as fh:
             fh.write("\n".join(lines) + "\n")

@@ -10,7 +10,7 @@ from typing import Any, Callable, ClassVar, Dict, List, Optional, Protocol, Tupl
 
 import torch
 
-from ..compile_ops import attend_in_graph, needs_autograd
+from .. import compile_ops
 from ..geometry import Grid
 
 
@@ -38,11 +38,13 @@ def route_attention(handle: AttentionHandle, processor: Any, layer: int, q: torc
     """What a patched processor calls: `handle.attend`, or inside a compiled graph the same as one
     opaque op, so that per-step decisions neither break the graph nor recompile it (compile_ops.py).
 
-    Calls that need gradients and context-parallel calls stay traced Python (graph breaks).
+    Calls that need gradients, context-parallel calls and a torch without opaque objects in custom
+    ops stay traced Python (graph breaks).
     """
     config = processor._parallel_config
-    if torch.compiler.is_compiling() and config is None and not needs_autograd((q, k, v)):
-        return attend_in_graph(handle.opaque, handle.state.compile_token, layer, q, k, v, text_len, key_mask,
+    if (torch.compiler.is_compiling() and compile_ops.AVAILABLE and config is None
+            and not compile_ops.needs_autograd((q, k, v))):
+        return compile_ops.attend_in_graph(handle.opaque, handle.state.compile_token, layer, q, k, v, text_len, key_mask,
                                processor._attention_backend)
     return handle.attend(layer, q, k, v, text_len=text_len, key_mask=key_mask, dense=dense,
                          parallel_config=config)
