@@ -63,6 +63,23 @@ def test_fullgraph_compile_runs_the_same_calls_and_output_as_eager(family):
         _fresh_dynamo()
 
 
+@pytest.mark.parametrize("method, opts", [("grat", {}), ("adaspa", {}), ("radial", {"cache": "flashblock"}),
+                                          ("radial", {"quantize": "int8"}), ("dense", {})])
+def test_every_method_and_option_compiles_to_one_graph(method, opts):
+    pipe = BUILDERS["wan"]()
+    handle = diffsparse.enable_sparse_attention(pipe, method=method, block_size=8, dense_steps=1, dense_layers=0, **opts)
+    eager = render(pipe, "wan")
+    want = _calls(handle)
+    handle.reset_stats()
+    _fresh_dynamo()
+    pipe.transformer = torch.compile(pipe.transformer, fullgraph=True, backend="aot_eager")
+    try:
+        torch.testing.assert_close(render(pipe, "wan"), eager, atol=1e-4, rtol=1e-4)
+        assert _calls(handle) == want and _graphs() == 1
+    finally:
+        _fresh_dynamo()
+
+
 def _graphs_over_two_resolutions(method):
     pipe = BUILDERS["wan"]()
     if method:
