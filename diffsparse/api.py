@@ -18,7 +18,7 @@ from .methods import get_method
 from .parallel import check_parallel_support
 from .pipelines import adapter_for_family, find_adapter, supported_models
 from .plan import Plan
-from .preview import plan_for
+from .preview import method_instance, plan_for
 
 logger = logging.getLogger("diffsparse")
 
@@ -115,7 +115,7 @@ def enable_sparse_attention(pipe: Any, method: str = "radial", **options: Any) -
     Returns the handle (`stats()`, `reset()`). Enabling again replaces the previous configuration.
     Everything is validated before the model is touched; on failure the model is left as it was.
     """
-    method_cls = get_method(method)
+    get_method(method)  # an unknown method is refused before the model is looked at
     transformers = _transformers(pipe)
     adapters = {find_adapter(t) for t in transformers}
     if len(adapters) != 1:
@@ -123,8 +123,8 @@ def enable_sparse_attention(pipe: Any, method: str = "radial", **options: Any) -
     adapter = adapters.pop()
     family = adapter.family
     method_opts = {k: v for k, v in options.items() if k not in _SHARED + _CACHE}
-    instance = method_cls(family, **method_opts)  # raises on unknown/invalid options
-    preset = method_cls.presets.get(family, {})
+    instance = method_instance(method, family, **method_opts)  # raises on unknown/invalid options
+    preset = instance.preset
     shared = {"dense_steps": 0, "dense_layers": 0, "block_size": 128, "backend": "auto", "quantize": None}
     shared.update({k: preset[k] for k in _SHARED if k in preset})
     explicit = {k: options[k] for k in _SHARED if k in options}

@@ -14,13 +14,21 @@ import torch
 from .dynamic import DynamicMethod
 from .geometry import Grid, TokenSpans
 from .kernels import normalize_block_size
-from .methods import get_method
+from .methods import SparseMethod, get_method
 from .pipelines import ADAPTERS, adapter_for_family
 from .plan import Plan, build_plan
 
 # Options the handle takes for every method; they do not change a static layout.
 SHARED_OPTIONS = ("dense_steps", "dense_layers", "block_size", "backend", "quantize", "cache", "cache_interval",
                   "cache_threshold")
+
+
+def method_instance(method: str, family: str, **options: Any) -> SparseMethod:
+    """`method` configured for `family` with `options` (shared settings among them are skipped): omitted
+    options come from the method's preset for the family, else from the family adapter's presets."""
+    cls = get_method(method)
+    own = {k: v for k, v in options.items() if k not in SHARED_OPTIONS}
+    return cls(family, preset=adapter_for_family(family).presets.get(cls.name), **own)
 
 
 def families() -> Tuple[str, ...]:
@@ -80,7 +88,7 @@ def plan_for(method: str, grid: Any, family: str = "wan", text_len: int = 0, blo
             f"`diffsparse render --method {method} --save-layouts run.pt` (or handle.recorded_layouts()) and draw it "
             "with `diffsparse show-mask --layouts run.pt`"
         )
-    instance = method_cls(family, **{k: v for k, v in options.items() if k not in SHARED_OPTIONS})
+    instance = method_instance(method, family, **options)
     order, vmask = instance.video_layout(grid, bq, bk)
     spans = TokenSpans(grid, text_len, text_first=adapter_for_family(family).text_first)
     return build_plan(order, vmask, spans, None, bq, bk)

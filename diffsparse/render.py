@@ -170,11 +170,11 @@ def check_method_options(method: str, family: Optional[str], options: Dict[str, 
     """Validate a method's own options for a model family without a model (raises the method's ValueError/TypeError:
     unknown option, bad value, PARO without or with an unreadable plan). Shared options are checked on enable."""
     from .methods import get_method
-    from .preview import SHARED_OPTIONS
+    from .preview import method_instance
 
-    method_cls = get_method(method)
+    get_method(method)  # an unknown method is refused without a family too
     if family is not None:
-        method_cls(family, **{k: v for k, v in options.items() if k not in SHARED_OPTIONS})
+        method_instance(method, family, **options)
 
 
 def check_method(pipe: Any, method: str, **method_options: Any) -> None:

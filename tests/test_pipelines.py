@@ -194,3 +194,29 @@ def test_a_method_without_a_preset_for_the_family_refuses_it(monkeypatch):
     with pytest.raises(ValueError, match=r"method 'radial' has no preset for 'hunyuan' models"):
         radial("hunyuan")
     radial("wan")  # the others still work
+
+
+def test_a_family_brings_its_presets_for_existing_methods_in_its_adapter(monkeypatch):
+    """A new family is one adapter file: presets for methods that have none for it live on the adapter."""
+    from diffsparse.methods import get_method
+    from diffsparse.pipelines import adapter_for_family
+
+    radial, adapter = get_method("radial"), adapter_for_family("hunyuan")
+    monkeypatch.setattr(radial, "presets", {k: v for k, v in radial.presets.items() if k != "hunyuan"})
+    monkeypatch.setattr(adapter, "presets", {"radial": {"decay_factor": 0.5, "attention_sink": True,
+                                                        "dense_layers": 1, "dense_steps": 2}})
+    pipe = BUILDERS["hunyuan"]()
+    handle = diffsparse.enable_sparse_attention(pipe, method="radial")
+    assert handle.method.decay_factor == 0.5 and handle.method.attention_sink is True
+    assert handle.settings.dense_steps == 2 and handle.settings.dense_layers == 1
+    assert diffsparse.block_layout("radial", (3, 4, 4), family="hunyuan", block_size=4).mask.any()
+
+
+def test_each_method_family_preset_is_defined_in_one_place():
+    from diffsparse.methods import METHODS
+    from diffsparse.pipelines import ADAPTERS
+
+    for adapter in ADAPTERS:
+        for name in adapter.presets:
+            assert name in METHODS, (adapter.family, name)
+            assert adapter.family not in METHODS[name].presets, f"{name} on {adapter.family}: preset in two places"

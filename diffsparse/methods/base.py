@@ -80,14 +80,15 @@ class SparseMethod:
     #: families whose geometry the method cannot use, with the reason
     unsupported: ClassVar[Dict[str, str]] = {}
 
-    def __init__(self, family: str, **opts: Any) -> None:
+    def __init__(self, family: str, preset: Optional[Dict[str, Any]] = None, **opts: Any) -> None:
+        """`preset`: the family adapter's preset for this method (`ModelAdapter.presets`), used when
+        this class has none for the family: a new model family brings its own presets for the
+        existing methods, a new method its own for the existing families."""
         if family in self.unsupported:
             raise ValueError(f"method {self.name!r} does not support {family} models: {self.unsupported[family]}")
-        if self.presets and family not in self.presets:  # a new family must choose its defaults, not inherit none
-            raise ValueError(f"method {self.name!r} has no preset for {family!r} models; it has presets for "
-                             f"{sorted(self.presets)}")
         self.family = family
-        values = {k: v for k, v in self.presets.get(family, {}).items() if k in self.options}
+        self.preset = self.preset_for(family, preset)
+        values = {k: v for k, v in self.preset.items() if k in self.options}
         for key, val in opts.items():
             if key not in self.options:
                 raise TypeError(
@@ -96,6 +97,20 @@ class SparseMethod:
             values[key] = val
         self.values = {k: self.options[k](k, v) for k, v in values.items()}
         self.check()
+
+    @classmethod
+    def preset_for(cls, family: str, adapter_preset: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        """The method options and shared settings `family` runs with by default: this class's preset for
+        the family, else the family adapter's for this method; a method with presets but none from
+        either place refuses the family (a new family must choose its defaults, not inherit none)."""
+        if family in cls.presets:
+            return dict(cls.presets[family])
+        if adapter_preset is not None:
+            return dict(adapter_preset)
+        if cls.presets:
+            raise ValueError(f"method {cls.name!r} has no preset for {family!r} models; it has presets for "
+                             f"{sorted(cls.presets)} (give one in the method's `presets` or the adapter's `presets`)")
+        return {}
 
     def check(self) -> None:
         """Cross-option validation; raise ValueError naming the options."""

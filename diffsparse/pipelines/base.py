@@ -64,6 +64,10 @@ class ModelAdapter:
     text_first: ClassVar[bool] = False
     #: the family draws images: one frame, no time axis
     single_frame: ClassVar[bool] = False
+    #: method name -> default options and shared settings on this family, for methods whose own
+    #: `presets` have none for it: a new family brings its presets here, in its one file (a method
+    #: with presets and none from either place refuses the family)
+    presets: ClassVar[Dict[str, Dict[str, Any]]] = {}
 
     @classmethod
     def matches(cls, transformer: torch.nn.Module) -> bool:
