@@ -28,12 +28,20 @@ _CACHE = ("cache", "cache_interval", "cache_threshold")
 CACHES = ("flashblock",)
 
 
+def _uncompiled(module: torch.nn.Module) -> torch.nn.Module:
+    """The module a `torch.compile` wrapper holds (patched in place: the wrapper recompiles for it)."""
+    while isinstance(getattr(module, "_orig_mod", None), torch.nn.Module):
+        module = module._orig_mod
+    return module
+
+
 def _transformers(pipe: Any) -> List[torch.nn.Module]:
-    """The denoisers to patch: a bare transformer, or `pipe.transformer` (+ `transformer_2`, Wan 2.2)."""
+    """The denoisers to patch: a bare transformer, or `pipe.transformer` (+ `transformer_2`, Wan 2.2);
+    a `torch.compile`d one is patched through to the module it wraps."""
     if isinstance(pipe, torch.nn.Module):
-        return [pipe]
+        return [_uncompiled(pipe)]
     found = [getattr(pipe, name, None) for name in ("transformer", "transformer_2")]
-    found = [t for t in found if isinstance(t, torch.nn.Module)]
+    found = [_uncompiled(t) for t in found if isinstance(t, torch.nn.Module)]
     if not found:
         raise TypeError(
             f"unsupported pipeline {type(pipe).__name__}: it has no `transformer`; diffsparse supports pipelines "

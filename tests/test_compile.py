@@ -230,3 +230,24 @@ def test_without_opaque_ops_compiling_takes_the_traced_path(monkeypatch):
         assert _calls(handle) == want and sum(counters["graph_break"].values()) > 0
     finally:
         _fresh_dynamo()
+
+
+def test_enabling_on_an_already_compiled_transformer():
+    """`pipe.transformer = torch.compile(...)` first, then enable/disable: the wrapped module is patched and the
+    wrapper recompiles for it (the same calls and output as eager), then goes back to stock."""
+    pipe = BUILDERS["wan"]()
+    stock = render(pipe, "wan")
+    handle = diffsparse.enable_sparse_attention(pipe, method="radial", block_size=8, dense_steps=1, dense_layers=0)
+    eager, want = render(pipe, "wan"), _calls(handle)
+    diffsparse.disable_sparse_attention(pipe)
+    _fresh_dynamo()
+    pipe.transformer = torch.compile(pipe.transformer, fullgraph=True, backend="aot_eager")
+    try:
+        assert torch.equal(render(pipe, "wan"), stock)
+        handle = diffsparse.enable_sparse_attention(pipe, method="radial", block_size=8, dense_steps=1, dense_layers=0)
+        torch.testing.assert_close(render(pipe, "wan"), eager, atol=1e-4, rtol=1e-4)
+        assert _calls(handle) == want
+        diffsparse.disable_sparse_attention(pipe)
+        assert torch.equal(render(pipe, "wan"), stock)
+    finally:
+        _fresh_dynamo()
