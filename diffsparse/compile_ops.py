@@ -7,8 +7,8 @@ each of those is a graph break or a guard that recompiles every step. Inside a c
 the step hook and the processors therefore call two opaque ops instead, whose bodies run eagerly
 at every call with the real values:
 
-- `diffsparse::track_step(hook, names, tensors)` (names comma-joined): the step hook's work (grid, text length, step,
-  branch) on the transformer's tensor arguments; returns an empty *token* tensor;
+- `diffsparse::track_step(hook, names, tensors)` (names comma-joined): the step hook's work (grid,
+  text length, step, branch) on the transformer's tensor arguments; returns an empty *token* tensor;
 - `diffsparse::attend(handle, token, layer, q, k, v, text_len, key_mask, backend)`: `handle.attend`
   with the stock dense attention (`dispatch_attention_fn` on the processor's backend) as fallback.
   Taking the token makes every attend op of a forward run after that forward's step op.
