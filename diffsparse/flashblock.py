@@ -105,10 +105,13 @@ class FlashBlockCache:
         forward_id: int,
         backend: str = "auto",
         quantize: Optional[str] = None,
+        native_fn: Any = None,
     ) -> torch.Tensor:
-        """Sparse attention of `plan` with residual reuse. q/k/v `(B, S, H, D)` model order -> same."""
+        """Sparse attention of `plan` with residual reuse. q/k/v `(B, S, H, D)` model order -> same.
+        `native_fn`: the handle's C++ CPU kernel (`backend="auto"`)."""
         qi, ki, vi = plan.gather(q, k, v)
-        out, lse = block_sparse_attention(qi, ki, vi, plan.index, backend=backend, quantize=quantize, return_lse=True)
+        out, lse = block_sparse_attention(qi, ki, vi, plan.index, backend=backend, quantize=quantize, return_lse=True,
+                                          native_fn=native_fn)
         comp = self._complement(plan.index)
         if comp is None:
             return plan.scatter(out)
@@ -132,7 +135,7 @@ class FlashBlockCache:
             with torch.no_grad():  # the residual is a cached constant: no gradient flows into it
                 r_out, r_lse = block_sparse_attention(
                     qi, ki, vi, build_block_index(mask, (plan.index.block_q, plan.index.block_k)),
-                    backend=backend, quantize=quantize, return_lse=True,
+                    backend=backend, quantize=quantize, return_lse=True, native_fn=native_fn,
                 )
             if not usable or bool(refresh.all()):
                 entry = _Residual(plan.index, r_out, r_lse, out.detach(), 1, forward_id, use)

@@ -7,7 +7,9 @@ diagonal included). Every row is measured in this run: the three contenders are 
 *interleaved* (one call of each per round, `--repeats` rounds after `--warmup`), and each cell
 reports the best of the rounds and the spread (max/min). Ratios come from the best times of the
 same run. `ideal` is 1/density, the speed-up of a kernel whose cost is exactly proportional to the
-computed blocks; `ours/ideal` is the fraction of it we reach. FlexAttention is compiled (eager
+computed blocks; `ours/ideal` is the fraction of it we reach. `ours` is what a handle runs with
+`--backend` (default auto: on CPU, our C++ kernel where it pays, else the PyTorch path; `--backend
+torch` times the PyTorch path alone). FlexAttention is compiled (eager
 flex materialises the full score matrix) and has no CPU backward, so on CPU its forward+backward
 cells read n/a.
 
@@ -32,6 +34,7 @@ import torch
 
 import diffsparse
 from diffsparse.kernels import block_sparse_attention, build_block_index
+from diffsparse.kernels.cpu_native import NativeCpuKernel
 from diffsparse.kernels.flex import compiled_flex_attention, to_flex_block_mask
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -162,6 +165,7 @@ def _pass(fn, q, k, v, p: str) -> Callable[[], object]:
 def run(args) -> List[dict]:
     dev, dtype = args.device, DTYPES[args.dtype]
     flex = compiled_flex_attention() if not args.no_flex else None
+    native = NativeCpuKernel() if args.backend == "auto" else None  # held, as a handle holds it
     torch._dynamo.config.recompile_limit = 256  # one graph per (shape, layout, pass)
     print(f"device: {device_name(dev)} | dtype {args.dtype} | B {args.batch} H {args.heads} | block {args.block_size} "
           f"| torch {torch.__version__} | interleaved, best of {args.repeats} after {args.warmup} warm-up "
@@ -181,7 +185,8 @@ def run(args) -> List[dict]:
             bm = to_flex_block_mask(index, args.batch, args.heads, S, S) if flex is not None else None
             for p in ("fwd", "fwd+bwd") if args.backward else ("fwd",):
                 fns = {"sdpa": _pass(sdpa, q, k, v, p),
-                       "ours": _pass(lambda q, k, v: block_sparse_attention(q, k, v, index, backend=args.backend), q, k, v, p)}
+                       "ours": _pass(lambda q, k, v: block_sparse_attention(q, k, v, index, backend=args.backend,
+                                                                             native_fn=native), q, k, v, p)}
                 if bm is not None and not (p == "fwd+bwd" and not q.is_cuda):
                     fns["flex"] = _pass(lambda q, k, v: flex(q, k, v, block_mask=bm), q, k, v, p)
                 times = interleaved(fns, dev, args.warmup, args.repeats)

@@ -49,7 +49,42 @@ def _validate(q, k, v, index: BlockIndex) -> None:
         )
 
 
-# backend="auto" on CPU hands a call to compiled FlexAttention (Inductor's CPU template) when it pays:
+# backend="auto" on CPU runs float32 inference calls on our C++ kernel (cpu_native.py) where it was
+# measured faster than the PyTorch path: layout blocks of >= 128 (radial / sliding_window / GRAT at Wan
+# 480p and Hunyuan 720p: 1.10-1.19x faster, level with compiled Flex, eval/results/bench_attention_cpu.txt),
+# and calls of at most 2^27 score elements on smaller blocks (1.05-2.6x on random layouts, S 256-8192);
+# not large calls on blocks of 64 (radial at 25x32x32: 6 % slower) nor fully dense layouts (our path's
+# in-place flash call per head was 9 % faster at S 8192).
+CPU_NATIVE_MIN_BLOCK = 128
+CPU_NATIVE_SMALL_SCORES = 1 << 27
+
+
+def cpu_native_pays(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: BlockIndex, quantize,
+                    native_fn) -> bool:
+    """Whether `backend="auto"` runs this CPU call on the held C++ kernel `native_fn`."""
+    if native_fn is None or not native_fn.usable() or quantize is not None or q.dtype != torch.float32:
+        return False
+    if (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))) or torch.compiler.is_compiling():
+        return False
+    if index.density >= 1.0:
+        return False
+    B, H, Sq = q.shape[:3]
+    return (min(index.block_q, index.block_k) >= CPU_NATIVE_MIN_BLOCK
+            or B * H * Sq * k.shape[2] <= CPU_NATIVE_SMALL_SCORES)
+
+
+def _native(q, k, v, index: BlockIndex, scale, native_fn):
+    """(out, lse) from the C++ kernel, or None when it cannot run here (remembered: not tried again)."""
+    try:
+        return native_fn(q, k, v, index, q.shape[-1] ** -0.5 if scale is None else scale)
+    except Exception as e:  # no C++ compiler, a BLAS without sgemm_, ...: the PyTorch path from now on
+        native_fn.error = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        warnings.warn(f"diffsparse: our C++ CPU kernel could not be built or run here ({native_fn.error}); using "
+                      "the PyTorch CPU path for this handle from now on")
+        return None
+
+
+# Without the C++ kernel, backend="auto" on CPU hands a call to compiled FlexAttention (Inductor's CPU template) when it pays:
 # on layout blocks of >= 128 at S >= 16384 it ran 1.11-1.28x faster than our CPU path, whose PyTorch
 # flash kernel is slow on 128-row query blocks (eval/results/bench_attention_cpu.txt; end to end
 # eval/results/bench_transformer_cpu.txt) at densities 0.10-0.74; at blocks of 64 Flex was 7-9 % faster
@@ -84,6 +119,7 @@ def block_sparse_attention(
     backend: str = "auto",
     quantize: str | None = None,
     flex_fn=None,
+    native_fn=None,
 ):
     """Attention computing only the kept blocks of `block_mask`.
 
@@ -100,7 +136,10 @@ def block_sparse_attention(
             on the "triton" backend a real int8 kernel, on the others the same numbers emulated.
         flex_fn: a held `kernels.flex.compiled_flex_attention()`: with backend "flex" the one it runs
             (else one is made for the call; FlexAttention always runs compiled); with "auto" on CPU,
-            given, it runs the large inference calls where it is faster (`cpu_flex_pays`).
+            given, it runs the large inference calls where it is faster (`cpu_flex_pays`) if `native_fn`
+            does not take them.
+        native_fn: a held `kernels.cpu_native.NativeCpuKernel()`: with "auto" on CPU it runs the float32
+            inference calls where it is faster than the PyTorch path (`cpu_native_pays`), LSE included.
 
     Differentiable on the "triton" and "torch" backends (custom ops with explicit backward
     kernels); `torch.compile(fullgraph=True)` traces through a call with a prebuilt `BlockIndex`.
@@ -131,10 +170,15 @@ def block_sparse_attention(
             backend = "triton" if _triton_available() else "flex"
         elif os.environ.get("TRITON_INTERPRET") == "1" and os.environ.get("DIFFSPARSE_CPU_TRITON") == "1":
             backend = "triton"
-        elif cpu_flex_pays(q, k, v, index, return_lse, quantize, flex_fn):
-            backend, auto_cpu_flex = "flex", True
         else:
-            backend = "torch"
+            pays = cpu_native_pays(q, k, v, index, quantize, native_fn)
+            res = _native(q, k, v, index, scale, native_fn) if pays else None
+            if res is not None:
+                return res if return_lse else res[0]
+            if cpu_flex_pays(q, k, v, index, return_lse, quantize, flex_fn):
+                backend, auto_cpu_flex = "flex", True
+            else:
+                backend = "torch"
     if quantize is not None and backend in ("flex", "reference"):  # no int8 path: emulate its numbers
         from .int8 import int8_block_sparse_attention
 
