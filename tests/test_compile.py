@@ -7,6 +7,8 @@ code generation is not what is tested and takes minutes on CI);
 `python experiments/compile_probe.py` measures the same with Inductor.
 """
 
+import contextlib
+
 import pytest
 import torch
 from torch._dynamo.utils import counters
@@ -38,29 +40,40 @@ def _fresh_dynamo():
     counters.clear()
 
 
+def _eager(pipe, handle, family="wan", **call):
+    """An eager render and the handle's calls for it; the stats start over for the next render."""
+    frames, calls = render(pipe, family, **call), _calls(handle)
+    handle.reset_stats()
+    return frames, calls
+
+
+@contextlib.contextmanager
+def compiled(pipe, fullgraph=True, **kwargs):
+    """`pipe.transformer` compiled (aot_eager) inside the block, with fresh dynamo counters; restored after."""
+    _fresh_dynamo()
+    transformer = pipe.transformer
+    pipe.transformer = torch.compile(transformer, fullgraph=fullgraph, backend="aot_eager", **kwargs)
+    try:
+        yield
+    finally:
+        pipe.transformer = transformer
+        _fresh_dynamo()
+
+
 @pytest.mark.parametrize("family", sorted(CASES))
 def test_fullgraph_compile_runs_the_same_calls_and_output_as_eager(family):
     method, opts = CASES[family]
     pipe = BUILDERS[family]()
     handle = diffsparse.enable_sparse_attention(pipe, method=method, block_size=8, dense_layers=0, **opts)
-    eager = render(pipe, family)
-    want = _calls(handle)
-    handle.reset_stats()
-    _fresh_dynamo()
-    transformer = pipe.transformer
-    pipe.transformer = torch.compile(transformer, fullgraph=True, backend="aot_eager")
-    try:
-        compiled = render(pipe, family)
+    eager, want = _eager(pipe, handle, family)
+    with compiled(pipe):
+        torch.testing.assert_close(render(pipe, family), eager, atol=1e-4, rtol=1e-4)
         assert _calls(handle) == want  # the same dense warm-up and sparse calls, the same blocks
-        torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
         graphs = _graphs()
         assert graphs >= 1 and sum(counters["graph_break"].values()) == 0
         handle.reset_stats()
         render(pipe, family, seed=1)  # a second call: no recompile
         assert _graphs() == graphs and _calls(handle)[:2] == want[:2]
-    finally:
-        pipe.transformer = transformer
-        _fresh_dynamo()
 
 
 @pytest.mark.parametrize("method, opts", [("grat", {}), ("adaspa", {}), ("radial", {"cache": "flashblock"}),
@@ -68,31 +81,21 @@ def test_fullgraph_compile_runs_the_same_calls_and_output_as_eager(family):
 def test_every_method_and_option_compiles_to_one_graph(method, opts):
     pipe = BUILDERS["wan"]()
     handle = diffsparse.enable_sparse_attention(pipe, method=method, block_size=8, dense_steps=1, dense_layers=0, **opts)
-    eager = render(pipe, "wan")
-    want = _calls(handle)
-    handle.reset_stats()
-    _fresh_dynamo()
-    pipe.transformer = torch.compile(pipe.transformer, fullgraph=True, backend="aot_eager")
-    try:
+    eager, want = _eager(pipe, handle)
+    with compiled(pipe):
         torch.testing.assert_close(render(pipe, "wan"), eager, atol=1e-4, rtol=1e-4)
         assert _calls(handle) == want and _graphs() == 1
-    finally:
-        _fresh_dynamo()
 
 
 def _graphs_over_two_resolutions(method):
     pipe = BUILDERS["wan"]()
     if method:
         diffsparse.enable_sparse_attention(pipe, method=method, block_size=8, dense_steps=1, dense_layers=0)
-    _fresh_dynamo()
-    pipe.transformer = torch.compile(pipe.transformer, fullgraph=True, backend="aot_eager")
-    try:
+    with compiled(pipe):
         render(pipe, "wan", num_inference_steps=2)
         first = _graphs()
         render(pipe, "wan", num_inference_steps=2, height=64)
         return first, _graphs()
-    finally:
-        _fresh_dynamo()
 
 
 def test_recompiles_at_most_stock_plus_one():
@@ -113,27 +116,19 @@ def test_a_stopped_compiled_call_does_not_change_the_next():
 
     pipe = BUILDERS["wan"]()
     handle = diffsparse.enable_sparse_attention(pipe, method="grat", dense_steps=2, dense_layers=0, block_size=8)
-    _fresh_dynamo()
-    pipe.transformer = torch.compile(pipe.transformer, fullgraph=True, backend="aot_eager")
-    try:
-        clean = render(pipe, "wan", num_inference_steps=4)
-        want = _calls(handle)
-        handle.reset_stats()
+    with compiled(pipe):
+        clean, want = _eager(pipe, handle, num_inference_steps=4)  # a clean compiled call
         with pytest.raises(Stop):
             render(pipe, "wan", num_inference_steps=4, callback_on_step_end=stop_at_2)
         handle.reset_stats()
         assert torch.equal(render(pipe, "wan", num_inference_steps=4), clean) and _calls(handle) == want
-    finally:
-        _fresh_dynamo()
 
 
 def test_regional_compilation_of_the_repeated_blocks():
     """Diffusers' `compile_repeated_blocks`: the hook runs eagerly, the processors inside compiled blocks."""
     pipe = BUILDERS["wan"]()
     handle = diffsparse.enable_sparse_attention(pipe, method="radial", block_size=8, dense_steps=1, dense_layers=0)
-    eager = render(pipe, "wan")
-    want = _calls(handle)
-    handle.reset_stats()
+    eager, want = _eager(pipe, handle)
     _fresh_dynamo()
     pipe.transformer.compile_repeated_blocks(fullgraph=True, backend="aot_eager")
     try:
@@ -147,14 +142,8 @@ def test_disable_after_compiling_restores_stock_output():
     pipe = BUILDERS["wan"]()
     stock = render(pipe, "wan", num_inference_steps=2)
     handle = diffsparse.enable_sparse_attention(pipe, method="radial", block_size=8, dense_steps=0, dense_layers=0)
-    _fresh_dynamo()
-    transformer = pipe.transformer
-    pipe.transformer = torch.compile(transformer, fullgraph=True, backend="aot_eager")
-    try:
+    with compiled(pipe):
         render(pipe, "wan", num_inference_steps=2)
-    finally:
-        pipe.transformer = transformer
-        _fresh_dynamo()
     diffsparse.disable_sparse_attention(pipe)
     assert torch.equal(render(pipe, "wan", num_inference_steps=2), stock)
     assert adapter_for_family("wan").matches(pipe.transformer) and handle.active is False
@@ -200,18 +189,11 @@ def test_compiled_flex_runs_inside_the_op(monkeypatch):
     handle = diffsparse.enable_sparse_attention(pipe, method="radial", block_size=16, dense_steps=0, dense_layers=0,
                                                 decay_factor=0.5)  # sparse enough for Flex
     handle.executor.native_fn().error = "off for this test"  # Flex takes what our C++ kernel would
-    transformer = pipe.transformer
-    _fresh_dynamo()
-    pipe.transformer = torch.compile(transformer, fullgraph=True, backend="aot_eager")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", UserWarning)  # "compiled FlexAttention failed" would be one
-            compiled = render(pipe, "wan", num_inference_steps=2)  # Flex compiles here, inside the op
-    finally:
-        pipe.transformer = transformer
-        _fresh_dynamo()
+    with compiled(pipe), warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # "compiled FlexAttention failed" would be one
+        frames = render(pipe, "wan", num_inference_steps=2)  # Flex compiles here, inside the op
     assert handle.flex_fn()._fn is not None and handle.flex_fn().error is None  # it ran, and did not fail
-    torch.testing.assert_close(compiled, render(pipe, "wan", num_inference_steps=2), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(frames, render(pipe, "wan", num_inference_steps=2), atol=1e-4, rtol=1e-4)
 
 
 def test_without_opaque_ops_compiling_takes_the_traced_path(monkeypatch):
@@ -221,16 +203,10 @@ def test_without_opaque_ops_compiling_takes_the_traced_path(monkeypatch):
     monkeypatch.setattr(compile_ops, "AVAILABLE", False)
     pipe = BUILDERS["wan"]()
     handle = diffsparse.enable_sparse_attention(pipe, method="radial", block_size=8, dense_steps=1, dense_layers=0)
-    eager = render(pipe, "wan")
-    want = _calls(handle)
-    handle.reset_stats()
-    _fresh_dynamo()
-    pipe.transformer = torch.compile(pipe.transformer, backend="aot_eager")
-    try:
+    eager, want = _eager(pipe, handle)
+    with compiled(pipe, fullgraph=False):
         torch.testing.assert_close(render(pipe, "wan"), eager, atol=1e-4, rtol=1e-4)
         assert _calls(handle) == want and sum(counters["graph_break"].values()) > 0
-    finally:
-        _fresh_dynamo()
 
 
 def test_enabling_on_an_already_compiled_transformer():
@@ -239,16 +215,12 @@ def test_enabling_on_an_already_compiled_transformer():
     pipe = BUILDERS["wan"]()
     stock = render(pipe, "wan")
     handle = diffsparse.enable_sparse_attention(pipe, method="radial", block_size=8, dense_steps=1, dense_layers=0)
-    eager, want = render(pipe, "wan"), _calls(handle)
+    eager, want = _eager(pipe, handle)
     diffsparse.disable_sparse_attention(pipe)
-    _fresh_dynamo()
-    pipe.transformer = torch.compile(pipe.transformer, fullgraph=True, backend="aot_eager")
-    try:
+    with compiled(pipe):
         assert torch.equal(render(pipe, "wan"), stock)
         handle = diffsparse.enable_sparse_attention(pipe, method="radial", block_size=8, dense_steps=1, dense_layers=0)
         torch.testing.assert_close(render(pipe, "wan"), eager, atol=1e-4, rtol=1e-4)
         assert _calls(handle) == want
         diffsparse.disable_sparse_attention(pipe)
         assert torch.equal(render(pipe, "wan"), stock)
-    finally:
-        _fresh_dynamo()

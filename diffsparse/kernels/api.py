@@ -84,10 +84,10 @@ def _native(q, k, v, index: BlockIndex, scale, native_fn):
         return None
 
 
-# Without the C++ kernel, backend="auto" on CPU hands a call to compiled FlexAttention (Inductor's CPU template) when it pays:
-# on layout blocks of >= 128 at S >= 16384 it ran 1.11-1.28x faster than our CPU path, whose PyTorch
-# flash kernel is slow on 128-row query blocks (eval/results/bench_attention_cpu.txt; end to end
-# eval/results/bench_transformer_cpu.txt) at densities 0.10-0.74; at blocks of 64 Flex was 7-9 % faster
+# Without the C++ kernel, backend="auto" on CPU hands a call to compiled FlexAttention (Inductor's CPU
+# template) when it pays: on layout blocks of >= 128 at S >= 16384 it ran 1.08-1.33x faster than the
+# PyTorch path, whose flash kernel is slow on 128-row query blocks
+# (eval/results/bench_attention_cpu_torch_path.txt) at densities 0.10-0.74; at blocks of 64 Flex was 7-9 % faster
 # (eval/results/bench_attention_cpu_block64.txt), which its compile (seconds, once per shape) eats up,
 # and with every block kept our path (one in-place flash call per row) was faster (0.97x vs 0.91x of
 # stock end to end, eval/results/bench_transformer_cpu*.txt). Flex on CPU is inference only and has no LSE.

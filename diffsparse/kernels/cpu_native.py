@@ -1,7 +1,7 @@
 """Our C++ CPU forward (`cpu_native.cpp`): built on this machine at its first use, held by its owner.
 
 PyTorch's CPU flash kernel, which the PyTorch path (`torch_sparse.py`) calls on gathered keys, runs
-128-query blocks at 0.76-0.82 of its rate on long query runs; compiled FlexAttention was 1.11-1.28x
+128-query blocks at 0.76-0.82 of its rate on long query runs; compiled FlexAttention was 1.08-1.33x
 faster than that path on the methods' layouts. This kernel walks each row's kept key blocks in place
 with an online softmax on whole 128 x 128 tiles (BLAS sgemm, the `sgemm_` libtorch_cpu exports) and
 matches compiled Flex there, with the LSE (which Flex on CPU lacks) and without Flex's compile per
