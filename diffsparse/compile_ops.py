@@ -73,11 +73,8 @@ def _define_ops() -> None:
     @torch.library.custom_op("diffsparse::attend", mutates_args=(), tags=tags)
     def attend(handle: Opaque, token: Optional[torch.Tensor], layer: int, q: torch.Tensor, k: torch.Tensor,
                v: torch.Tensor, text_len: int, key_mask: Optional[torch.Tensor], backend: str) -> torch.Tensor:
-        from diffusers.models.attention_dispatch import dispatch_attention_fn
-
         def dense() -> torch.Tensor:
-            return dispatch_attention_fn(q, k, v, attn_mask=key_mask, dropout_p=0.0, is_causal=False,
-                                         backend=backend or None)
+            return stock_attention(q, k, v, key_mask, backend or None)
 
         with handle.eager():
             out = handle.target.attend(layer, q, k, v, text_len=None if text_len < 0 else text_len,
@@ -102,6 +99,16 @@ def _register() -> bool:
 
 #: whether compiled forwards use the two ops (a capability of the installed torch, fixed at import)
 AVAILABLE = _register()
+
+
+def stock_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: Optional[torch.Tensor],
+                    backend: Any = None, parallel_config: Any = None) -> torch.Tensor:
+    """The attention a stock Diffusers processor runs, `(B, S, H, D)` -> `(B, S, H, D)`: dense layers and
+    steps, and fallbacks, call it so they stay bit-identical to the unpatched pipeline."""
+    from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+    return dispatch_attention_fn(q, k, v, attn_mask=key_mask, dropout_p=0.0, is_causal=False, backend=backend,
+                                 parallel_config=parallel_config)
 
 
 def track_step_in_graph(hook: Opaque, arguments: Dict[str, Any]) -> torch.Tensor:

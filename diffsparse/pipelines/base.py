@@ -33,21 +33,23 @@ class AttentionHandle(Protocol):
 
 
 def route_attention(handle: AttentionHandle, processor: Any, layer: int, q: torch.Tensor, k: torch.Tensor,
-                    v: torch.Tensor, *, text_len: Optional[int], key_mask: Optional[torch.Tensor],
-                    dense: Callable[[], torch.Tensor]) -> torch.Tensor:
-    """What a patched processor calls: `handle.attend`, or inside a compiled graph the same as one
-    opaque op, so that per-step decisions neither break the graph nor recompile it (compile_ops.py).
-
-    Calls that need gradients, context-parallel calls and a torch without opaque objects in custom
-    ops stay traced Python (graph breaks).
+                    v: torch.Tensor, *, text_len: Optional[int], key_mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """What a patched processor calls with its q/k/v `(B, S, H, D)`: `handle.attend`, with the stock
+    attention on the processor's backend and parallel config as the dense path; inside a compiled
+    graph the same as one opaque op, so that per-step decisions neither break the graph nor
+    recompile it (compile_ops.py). Calls that need gradients, context-parallel calls and a torch
+    without opaque objects in custom ops stay traced Python (graph breaks).
     """
-    config = processor._parallel_config
+    backend, config = processor._attention_backend, processor._parallel_config
     if (torch.compiler.is_compiling() and compile_ops.AVAILABLE and config is None
             and not compile_ops.needs_autograd((q, k, v))):
-        return compile_ops.attend_in_graph(handle.opaque, handle.state.compile_token, layer, q, k, v, text_len, key_mask,
-                               processor._attention_backend)
-    return handle.attend(layer, q, k, v, text_len=text_len, key_mask=key_mask, dense=dense,
-                         parallel_config=config)
+        return compile_ops.attend_in_graph(handle.opaque, handle.state.compile_token, layer, q, k, v, text_len,
+                                           key_mask, backend)
+
+    def dense() -> torch.Tensor:
+        return compile_ops.stock_attention(q, k, v, key_mask, backend, config)
+
+    return handle.attend(layer, q, k, v, text_len=text_len, key_mask=key_mask, dense=dense, parallel_config=config)
 
 
 class ModelAdapter:

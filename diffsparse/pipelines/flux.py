@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any, Dict, Optional, Tuple
 
 import torch
-from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_flux import (
     FluxAttnProcessor,
@@ -64,17 +63,8 @@ class FluxSparseProcessor(FluxAttnProcessor):
             query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
             key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
 
-        def dense():
-            return dispatch_attention_fn(
-                query, key, value, attn_mask=attention_mask,
-                backend=self._attention_backend, parallel_config=self._parallel_config,
-            )
-
         n_txt = encoder_hidden_states.shape[1] if encoder_hidden_states is not None else None  # None: the step's
-        out = route_attention(
-            self.handle, self, self.layer, query, key, value, text_len=n_txt, key_mask=attention_mask,
-            dense=dense,
-        )
+        out = route_attention(self.handle, self, self.layer, query, key, value, text_len=n_txt, key_mask=attention_mask)
         out = out.flatten(2, 3).to(query.dtype)
         if encoder_hidden_states is not None:
             encoder_hidden_states, out = out.split_with_sizes([n_txt, out.shape[1] - n_txt], dim=1)

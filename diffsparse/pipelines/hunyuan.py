@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any, Dict, Optional
 
 import torch
-from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_hunyuan_video import (
     HunyuanVideoAttnProcessor2_0,
@@ -98,17 +97,8 @@ class HunyuanVideoSparseProcessor(HunyuanVideoAttnProcessor2_0):
             attention_mask = _rank_local_mask(attention_mask, hidden_states, encoder_hidden_states, single,
                                               self._parallel_config)
 
-        def dense():
-            return dispatch_attention_fn(
-                query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
-                backend=self._attention_backend, parallel_config=self._parallel_config,
-            )
-
         n_txt = 0 if encoder_hidden_states is None else encoder_hidden_states.shape[1]
-        out = route_attention(
-            self.handle, self, self.layer, query, key, value, text_len=n_txt, key_mask=attention_mask,
-            dense=dense,
-        )
+        out = route_attention(self.handle, self, self.layer, query, key, value, text_len=n_txt, key_mask=attention_mask)
         out = out.flatten(2, 3).to(query.dtype)
         if encoder_hidden_states is not None:
             out, encoder_hidden_states = out[:, :-n_txt], out[:, -n_txt:]

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any, Dict, Optional
 
 import torch
-from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.transformers.transformer_wan import (
     WanAttnProcessor,
     WanTransformer3DModel,
@@ -40,17 +39,7 @@ class WanSparseProcessor(WanAttnProcessor):
         query, key, value = (x.unflatten(2, (attn.heads, -1)) for x in (query, key, value))
         if rotary_emb is not None:
             query, key = _rope(query, *rotary_emb), _rope(key, *rotary_emb)
-
-        def dense():
-            return dispatch_attention_fn(
-                query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
-                backend=self._attention_backend, parallel_config=self._parallel_config,
-            )
-
-        out = route_attention(
-            self.handle, self, self.layer, query, key, value, text_len=0, key_mask=attention_mask,
-            dense=dense,
-        )
+        out = route_attention(self.handle, self, self.layer, query, key, value, text_len=0, key_mask=attention_mask)
         out = out.flatten(2, 3).type_as(query)
         return attn.to_out[1](attn.to_out[0](out))
 
