@@ -49,16 +49,11 @@ def _validate(q, k, v, index: BlockIndex) -> None:
         )
 
 
-# backend="auto" on CPU runs float32 inference calls on our C++ kernel (cpu_native.py) where it was
-# measured faster than the PyTorch path: layout blocks of >= 128 (radial / sliding_window / GRAT at Wan
-# 480p and Hunyuan 720p: 1.10-1.19x faster, level with compiled Flex, eval/results/bench_attention_cpu.txt),
-# and calls of at most 2^27 score elements on smaller blocks (1.05-2.6x on random layouts, S 256-8192);
-# not large calls on blocks of 64 (radial at 25x32x32: 6 % slower) nor fully dense layouts (our path's
-# in-place flash call per head was 9 % faster at S 8192).
-CPU_NATIVE_MIN_BLOCK = 128
-CPU_NATIVE_SMALL_SCORES = 1 << 27
-
-
+# backend="auto" on CPU runs float32 inference calls on our C++ kernel (cpu_native.py): on every sparse
+# layout measured it was faster than the PyTorch path (radial / sliding_window / GRAT at Wan 480p and
+# Hunyuan 720p with blocks of 128, level with or ahead of compiled Flex, eval/results/bench_attention_cpu.txt;
+# blocks of 32-128, densities 0.3-0.95, S 256-32760: experiments/README.md). Fully dense layouts stay on
+# the PyTorch path (its in-place flash call per head was 2-3 % faster at S 8192).
 def cpu_native_pays(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: BlockIndex, quantize,
                     native_fn) -> bool:
     """Whether `backend="auto"` runs this CPU call on the held C++ kernel `native_fn`."""
@@ -66,11 +61,7 @@ def cpu_native_pays(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: Bl
         return False
     if (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))) or torch.compiler.is_compiling():
         return False
-    if index.density >= 1.0:
-        return False
-    B, H, Sq = q.shape[:3]
-    return (min(index.block_q, index.block_k) >= CPU_NATIVE_MIN_BLOCK
-            or B * H * Sq * k.shape[2] <= CPU_NATIVE_SMALL_SCORES)
+    return index.density < 1.0
 
 
 def _native(q, k, v, index: BlockIndex, scale, native_fn):
@@ -88,7 +79,7 @@ def _native(q, k, v, index: BlockIndex, scale, native_fn):
 # template) when it pays: on layout blocks of >= 128 at S >= 16384 it ran 1.08-1.33x faster than the
 # PyTorch path, whose flash kernel is slow on 128-row query blocks
 # (eval/results/bench_attention_cpu_torch_path.txt) at densities 0.10-0.74; at blocks of 64 Flex was 7-9 % faster
-# (eval/results/bench_attention_cpu_block64.txt), which its compile (seconds, once per shape) eats up,
+# (eval/results/bench_attention_cpu_block64_torch_path.txt), which its compile (seconds, once per shape) eats up,
 # and with every block kept our path (one in-place flash call per row) was faster (0.97x vs 0.91x of
 # stock end to end, eval/results/bench_transformer_cpu*.txt). Flex on CPU is inference only and has no LSE.
 CPU_FLEX_MIN_BLOCK = 128

@@ -1,8 +1,8 @@
 // Block-sparse attention forward for the CPU, reading kept key blocks in place (no gather).
 //
 // One work item is a (batch, head, query block) row. A row walks its kept key blocks in ascending
-// order with an online softmax: S = scale * Q K^T on a (bq x bk) tile (BLAS sgemm), a running max
-// and sum per query, O = O * corr + P V. PyTorch's CPU flash kernel cuts a 128-query block into
+// order with an online softmax: S = scale * Q K^T on a (bq x keys) tile (BLAS sgemm; a run of
+// consecutive kept blocks is one operand), a running max and sum per query, O = O * corr + P V. PyTorch's CPU flash kernel cuts a 128-query block into
 // 32-row pieces below 768 queries; here the whole block is one gemm operand (docs/kernels.md has
 // the measurements). Rows go to the threads through one atomic counter: one parallel region per
 // call, balanced whatever the row lengths, and a thread the OS deschedules delays one row only.
@@ -23,6 +23,8 @@
 #include <vector>
 
 using Vec = at::vec::Vectorized<float>;
+
+constexpr int64_t kRunKeys = 512;
 
 // BLAS sgemm (column-major), as exported by libtorch_cpu's BLAS (MKL on x86 builds)
 extern "C" void sgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k, const float* alpha,
@@ -72,9 +74,13 @@ extern "C" int diffsparse_block_sparse_forward(
   std::atomic<int64_t> next{0};
   const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads, rows)));
 
+  // Kept blocks with consecutive ids are contiguous keys: a run of them is one gemm operand, up to
+  // kRunKeys keys (fewer, larger gemms; the score tile stays in cache).
+  const int64_t run_blocks = std::max<int64_t>(1, kRunKeys / bk), ld = run_blocks * bk;
+
 #pragma omp parallel num_threads(threads)
   {
-    std::vector<float> s_buf(bq * bk), o_buf(bq * Dv), m_buf(bq), l_buf(bq);
+    std::vector<float> s_buf(bq * ld), o_buf(bq * Dv), m_buf(bq), l_buf(bq);
     float* S = s_buf.data();
     float* O = o_buf.data();
     float* M = m_buf.data();
@@ -95,15 +101,17 @@ extern "C" int diffsparse_block_sparse_forward(
       std::fill(M, M + qn, neg_inf);
       std::fill(L, L + qn, 0.f);
       std::fill(O, O + qn * Dv, 0.f);
-      for (int64_t t = 0; t < n_blocks; ++t) {
-        const int64_t kb = idx[crow * W + t];
-        const int64_t k0 = kb * bk, kn = std::min(bk, Sk - k0);
+      const int32_t* kept = idx + crow * W;
+      for (int64_t t = 0, n = 1; t < n_blocks; t += n) {
+        for (n = 1; t + n < n_blocks && n < run_blocks && kept[t + n] == kept[t] + n; ++n) {
+        }
+        const int64_t k0 = kept[t] * bk, kn = std::min(n * bk, Sk - k0);
         const float* K = kp + b * ksb + h * ksh + k0 * kss;
         const float* V = vp + b * vsb + h * vsh + k0 * vss;
-        // S (qn x kn, row-major, ld bk) = scale * Q K^T, as column-major S^T = K Q^T
-        gemm('T', 'N', kn, qn, D, sc, K, kss, Q, qss, 0.f, S, bk);
+        // S (qn x kn, row-major, ld ld) = scale * Q K^T, as column-major S^T = K Q^T
+        gemm('T', 'N', kn, qn, D, sc, K, kss, Q, qss, 0.f, S, ld);
         for (int64_t i = 0; i < qn; ++i) {
-          float* s = S + i * bk;
+          float* s = S + i * ld;
           const float m_new = std::max(M[i], row_max(s, kn));
           const float sum = exp_sum(s, kn, m_new);
           const float corr = M[i] == neg_inf ? 0.f : std::exp(M[i] - m_new);
@@ -112,7 +120,7 @@ extern "C" int diffsparse_block_sparse_forward(
           if (t > 0) scale_row(O + i * Dv, Dv, corr);
         }
         // O (qn x Dv, row-major) += P V, as column-major O^T += V^T P^T
-        gemm('N', 'N', Dv, qn, kn, 1.f, V, vss, S, bk, 1.f, O, Dv);
+        gemm('N', 'N', Dv, qn, kn, 1.f, V, vss, S, ld, 1.f, O, Dv);
       }
       for (int64_t i = 0; i < qn; ++i) {
         const float inv = 1.f / L[i];

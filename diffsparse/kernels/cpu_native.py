@@ -3,9 +3,10 @@
 PyTorch's CPU flash kernel, which the PyTorch path (`torch_sparse.py`) calls on gathered keys, runs
 128-query blocks at 0.76-0.82 of its rate on long query runs; compiled FlexAttention was 1.08-1.33x
 faster than that path on the methods' layouts. This kernel walks each row's kept key blocks in place
-with an online softmax on whole 128 x 128 tiles (BLAS sgemm, the `sgemm_` libtorch_cpu exports) and
-matches compiled Flex there, with the LSE (which Flex on CPU lacks) and without Flex's compile per
-shape. Inference only (no backward), float32, last dimension contiguous.
+with an online softmax, a run of consecutive kept blocks as one operand (BLAS sgemm, the `sgemm_`
+libtorch_cpu exports), and runs level with or ahead of compiled Flex there, with the LSE (which Flex
+on CPU lacks) and without Flex's compile per shape. Inference only (no backward), float32, last
+dimension contiguous.
 
 `NativeCpuKernel` compiles the source with the system C++ compiler (`$CXX`, else `c++`) into a
 shared library cached on disk under `$DIFFSPARSE_CACHE_DIR` (default `~/.cache/diffsparse`), keyed
