@@ -22,7 +22,7 @@ over a stale decision.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
 import torch
 
@@ -129,7 +129,3 @@ def attend_in_graph(opaque: Opaque, token: Optional[torch.Tensor], layer: int, q
     name = "" if backend is None else str(getattr(backend, "value", backend))
     return torch.ops.diffsparse.attend(opaque, token, layer, q, k, v, -1 if text_len is None else text_len,
                                        key_mask, name)
-
-
-def needs_autograd(tensors: Sequence[torch.Tensor]) -> bool:
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)

@@ -14,7 +14,7 @@ import warnings
 
 import torch
 
-from .index import BlockIndex, BlockSize, build_block_index, normalize_block_size, num_blocks
+from .index import BlockIndex, BlockSize, build_block_index, needs_grad, normalize_block_size, num_blocks
 from .reference import reference_attention
 from .ops import block_sparse_op
 
@@ -59,7 +59,7 @@ def cpu_native_pays(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: Bl
     """Whether `backend="auto"` runs this CPU call on the held C++ kernel `native_fn`."""
     if native_fn is None or not native_fn.usable() or quantize is not None or q.dtype != torch.float32:
         return False
-    if (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))) or torch.compiler.is_compiling():
+    if needs_grad(q, k, v) or torch.compiler.is_compiling():
         return False
     return index.density < 1.0
 
@@ -69,10 +69,15 @@ def _native(q, k, v, index: BlockIndex, scale, native_fn):
     try:
         return native_fn(q, k, v, index, q.shape[-1] ** -0.5 if scale is None else scale)
     except Exception as e:  # no C++ compiler, a BLAS without sgemm_, ...: the PyTorch path from now on
-        native_fn.error = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-        warnings.warn(f"diffsparse: our C++ CPU kernel could not be built or run here ({native_fn.error}); using "
-                      "the PyTorch CPU path for this handle from now on")
+        _give_up(native_fn, e, "our C++ CPU kernel could not be built or run here", "the PyTorch CPU path")
         return None
+
+
+def _give_up(held, err: Exception, what: str, instead: str) -> None:
+    """A held kernel (C++, compiled Flex) failed on this machine: remember why (its owner does not try it
+    again) and say so once."""
+    held.error = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+    warnings.warn(f"diffsparse: {what} ({held.error}); using {instead} for this handle from now on")
 
 
 # Without the C++ kernel, backend="auto" on CPU hands a call to compiled FlexAttention (Inductor's CPU
@@ -92,7 +97,7 @@ def cpu_flex_pays(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: Bloc
     """Whether `backend="auto"` runs this CPU call on the held compiled FlexAttention `flex_fn`."""
     if flex_fn is None or getattr(flex_fn, "error", None) is not None or return_lse or quantize is not None:
         return False
-    if (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))) or torch.compiler.is_compiling():
+    if needs_grad(q, k, v) or torch.compiler.is_compiling():
         return False
     return (min(index.block_q, index.block_k) >= CPU_FLEX_MIN_BLOCK
             and q.shape[2] * k.shape[2] >= CPU_FLEX_MIN_SCORES and index.density <= CPU_FLEX_MAX_DENSITY)
@@ -198,9 +203,7 @@ def block_sparse_attention(
         try:
             return flex_block_sparse_attention(q, k, v, index, scale=scale, compiled_fn=flex_fn)
         except Exception as e:  # Inductor could not build it here (no C++ compiler, ...): our path, from now on
-            flex_fn.error = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-            warnings.warn(f"diffsparse: compiled FlexAttention failed on this CPU ({flex_fn.error}); using our CPU "
-                          "path (backend='torch') for this handle from now on")
+            _give_up(flex_fn, e, "compiled FlexAttention failed on this CPU", "our CPU path (backend='torch')")
             backend = "torch"
     if backend == "reference":
         return reference_attention(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .index import BlockIndex, num_blocks
+from .index import BlockIndex, needs_grad, num_blocks
 
 
 def to_flex_block_mask(index: BlockIndex, B: int, H: int, sq: int, sk: int):
@@ -68,8 +68,7 @@ def compiled_flex_attention() -> CompiledFlex:
 
 def flex_block_sparse_attention(q, k, v, index: BlockIndex, scale=None, return_lse=False, compiled_fn=None):
     """Run compiled FlexAttention over the layout (`compiled_fn`: a held `compiled_flex_attention()`)."""
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-    if not q.is_cuda and (return_lse or needs_grad):
+    if not q.is_cuda and (return_lse or needs_grad(q, k, v)):
         raise NotImplementedError(
             f"backend='flex' on {q.device.type}: torch's compiled FlexAttention runs inference only there, without "
             f"the log-sum-exp ({'gradients' if needs_grad else 'LSE'} requested here; FlashBlock, INT8 and the dynamic "

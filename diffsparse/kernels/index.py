@@ -32,6 +32,11 @@ def normalize_block_size(block_size: BlockSize) -> Tuple[int, int]:
     return pair
 
 
+def needs_grad(*tensors: torch.Tensor) -> bool:
+    """Whether a call on these tensors records gradients (inference-only paths check it)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def num_blocks(length: int, block: int) -> int:
     """Number of blocks covering `length` tokens; the last one may be partial."""
     return -(-length // block)
@@ -62,8 +67,9 @@ class BlockIndex:
 
     @property
     def density(self) -> float:
-        """Fraction of blocks computed (over the broadcast mask)."""
-        return float(self.mask.float().mean()) if self.mask.numel() else 0.0
+        """Fraction of blocks computed (over the broadcast mask); computed once per layout (the CPU
+        dispatch reads it on every call)."""
+        return self.derived(("density",), lambda: float(self.mask.float().mean()) if self.mask.numel() else 0.0)
 
     def derived(self, key: tuple, build: Callable[[], Any]) -> Any:
         """Something computed from this layout once and kept with it (copies on other devices, the

@@ -19,7 +19,7 @@ from typing import Tuple
 
 import torch
 
-from .index import BlockIndex, num_blocks
+from .index import BlockIndex, needs_grad, num_blocks
 
 QMAX = 127
 
@@ -54,7 +54,7 @@ def int8_block_sparse_attention(q, k, v, index: BlockIndex, *, scale: float, imp
     `impl="triton"` runs the int8 kernel; otherwise the quantize-dequantized q/k go through
     `run(q, k, v) -> (out, lse)` (default: the PyTorch CPU path), which gives the same logits.
     """
-    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+    if needs_grad(q, k, v):
         raise ValueError("quantize='int8' is inference-only (no gradient through int8 logits); "
                          "call it under torch.no_grad() or drop quantize for training")
     qq, qs, kq, ks, k_mean = smooth_and_quantize(q, k, index.block_q, index.block_k)

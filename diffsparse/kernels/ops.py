@@ -14,7 +14,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .index import BlockIndex
+from .index import BlockIndex, needs_grad
 
 IMPLS = ("triton", "torch")
 
@@ -106,9 +106,8 @@ def block_sparse_op(
 
         out, lse = int8_block_sparse_attention(q, k, v, index, scale=scale, impl=impl)
         return (out, lse) if return_lse else out
-    needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     # The transposed lists are only read by the backward; skip building them for inference.
-    t = index.transposed() if needs_grad else index
+    t = index.transposed() if needs_grad(q, k, v) else index
     out, lse = torch.ops.diffsparse.block_sparse_attention(
         q, k, v, index.mask, index.counts, index.indices, t.counts, t.indices,
         index.block_q, index.block_k, scale, impl)

@@ -12,6 +12,7 @@ import torch
 
 from .. import compile_ops
 from ..geometry import Grid
+from ..kernels.index import needs_grad
 
 
 @runtime_checkable
@@ -42,7 +43,7 @@ def route_attention(handle: AttentionHandle, processor: Any, layer: int, q: torc
     """
     backend, config = processor._attention_backend, processor._parallel_config
     if (torch.compiler.is_compiling() and compile_ops.AVAILABLE and config is None
-            and not compile_ops.needs_autograd((q, k, v))):
+            and not needs_grad(q, k, v)):
         return compile_ops.attend_in_graph(handle.opaque, handle.state.compile_token, layer, q, k, v, text_len,
                                            key_mask, backend)
 
