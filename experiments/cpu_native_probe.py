@@ -71,12 +71,14 @@ def main():
     n = 8192 // 128
     d, fns = contenders(torch.ones(1, 1, n, n, dtype=torch.bool), 8192, 64, 128, native)
     print(f"dense S 8192 blocks 128: {timed(fns, args.repeats)} ms")
-    for S, bs, dens in ((256, 16, 0.5), (1000, 64, 0.5), (2048, 64, 0.5), (4096, 64, 0.3), (8192, 64, 0.3)):
+    for S, bs, dens, D in ((256, 16, 0.5, 64), (1000, 64, 0.5, 64), (2048, 64, 0.5, 64), (4096, 32, 0.4, 64),
+                           (4096, 64, 0.3, 64), (8192, 64, 0.3, 64), (16384, 64, 0.9, 64), (16384, 128, 0.95, 64),
+                           (16384, 128, 0.5, 128)):
         n = -(-S // bs)
         mask = torch.rand(1, 2, n, n, generator=torch.Generator().manual_seed(S)) < dens
         mask[..., torch.arange(n), torch.arange(n)] = True
-        d, fns = contenders(mask, S, 64, bs, native)
-        print(f"random S {S} blocks {bs} density {d:.2f}: {timed(fns, args.repeats)} ms")
+        d, fns = contenders(mask, S, D, bs, native)
+        print(f"random S {S} blocks {bs} D {D} density {d:.2f}: {timed(fns, args.repeats)} ms")
 
 
 if __name__ == "__main__":

@@ -52,8 +52,8 @@ def _validate(q, k, v, index: BlockIndex) -> None:
 # backend="auto" on CPU runs float32 inference calls on our C++ kernel (cpu_native.py): on every sparse
 # layout measured it was faster than the PyTorch path (radial / sliding_window / GRAT at Wan 480p and
 # Hunyuan 720p with blocks of 128, level with or ahead of compiled Flex, eval/results/bench_attention_cpu.txt;
-# blocks of 32-128, densities 0.3-0.95, S 256-32760: experiments/README.md). Fully dense layouts stay on
-# the PyTorch path (its in-place flash call per head was 2-3 % faster at S 8192).
+# blocks of 16-128, densities 0.3-0.95, S 256-16384: eval/results/cpu_native_probe.txt). Fully dense layouts stay on
+# the PyTorch path (its in-place flash call per head: within 3 % at S 8192, eval/results/cpu_native_probe.txt).
 def cpu_native_pays(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: BlockIndex, quantize,
                     native_fn) -> bool:
     """Whether `backend="auto"` runs this CPU call on the held C++ kernel `native_fn`."""
